@@ -1,0 +1,294 @@
+"""The ``cmrbench`` command: build the benchmark, evaluate routers, compare and rank results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import platformdirs
+
+from . import DATASET_VERSION, __version__
+
+log = logging.getLogger("cmrbench")
+
+
+def default_data_dir() -> Path:
+    """Where `cmrbench build` writes by default (never a folder named plain `cmrbench`, see README)."""
+    return Path(platformdirs.user_cache_dir("cmrbench")) / f"cmrbench-{DATASET_VERSION}"
+
+
+def _data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"built CMRBench folder (default: {default_data_dir()}, where `cmrbench build` writes)")
+
+
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .builders.folder import build
+    from .sources import SourceResolver
+    resolver = SourceResolver(args.sources, offline=args.offline or None)
+    out = args.out or default_data_dir()
+    manifest = build(out, resolver, stream=args.stream, experiences=args.experiences, seed=args.seed,
+                     overwrite=args.overwrite)
+    print(f"built {manifest['dataset']} {manifest['dataset_version']} ({manifest['stream']} stream, "
+          f"{manifest['experiences']} experiences, {manifest['unique_models']:,} models, "
+          f"{manifest['unique_domains']} domains) into {Path(out).resolve()}")
+    if manifest["missing_sources"]:
+        print(f"{len(manifest['missing_sources'])} optional sources were missing; see README.md in the folder.")
+    return 0
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c])) for r in rows))
+              for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join((f"{r[c]:,}" if isinstance(r[c], int) else str(r[c])).rjust(widths[c]) for c in columns))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .data import Benchmark
+    bench = Benchmark(args.data or default_data_dir())
+    m = bench.manifest
+    print(f"{m['dataset']} {m['dataset_version']}, stream '{m['stream']}', seed {m['seed']}, builder "
+          f"{m['builder_version']}: {m['unique_models']:,} unique models, {m['unique_domains']} domains")
+    _print_table(m["statistics"], ["experience", "models", "new_models", "families", "domains", "new_domains",
+                                   "train", "validation", "test", "cards"])
+    if m.get("missing_sources"):
+        print("missing optional sources: " + ", ".join(m["missing_sources"]))
+    if m.get("quarantine"):
+        print("quarantined rows: " + ", ".join(f"{k}: {v}" for k, v in m["quarantine"].items()))
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from .sources import SOURCES, SourceResolver
+    resolver = SourceResolver(args.sources, offline=True)
+    for key, spec in SOURCES.items():
+        state = "present" if resolver.available(key) else ("missing (optional)" if spec.optional else "MISSING")
+        print(f"{key:62s} {spec.repo}@{spec.revision[:7]}  {state}")
+    return 0
+
+
+def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, args: argparse.Namespace) -> int:
+    from .data import Benchmark
+    from .evaluate import RunPaths, evaluate
+    from .registry import load_router, parse_router_args
+    bench = Benchmark(data)
+    router = load_router(router_spec, parse_router_args(router_args), seed=args.seed)
+    paths = RunPaths.for_run(out, router.meta.name, bench, args.seed)
+    if args.overwrite:
+        for p in (paths.results, paths.predictions):
+            p.unlink(missing_ok=True)
+    results = evaluate(router, bench, out, seed=args.seed, top_k=args.top_k, batch_size=args.batch_size,
+                       timeout=args.timeout, resume=args.resume, on_unknown_id=args.on_unknown_id,
+                       progress=not args.no_progress)
+    s = results.summary
+    print(f"{results.router.name} on {bench.name} (seed {args.seed}), after {results.finished_experiences} "
+          f"experiences: M {100 * s['model'].final_average_accuracy:.1f} / F "
+          f"{100 * s['family'].final_average_accuracy:.1f} / D {100 * s['domain'].final_average_accuracy:.1f}"
+          + (f", D forgetting {100 * s['domain'].forgetting:.1f}" if s['domain'].forgetting is not None else ""))
+    print(f"results: {paths.results}")
+    return 0
+
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--router-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument for the router (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy, torch and the router (default 0)")
+    p.add_argument("--top-k", type=int, default=10, help="predictions stored per prompt (default 10)")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per route() call (default 64)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds allowed per route() call")
+    p.add_argument("--on-unknown-id", choices=["error", "count"], default="error",
+                   help="an id outside the models seen so far: stop with an error (default) or score it as a "
+                        "hallucination (for generative routers)")
+    p.add_argument("--resume", action="store_true", help="continue a run from its last finished experience")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run with the same name")
+    _progress_arg(p)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    return _evaluate(args.router, args.router_arg, args.data or default_data_dir(), args.out, args)
+
+
+def cmd_mock_run(args: argparse.Namespace) -> int:
+    from .synthetic import make_synthetic_hub
+    with tempfile.TemporaryDirectory(prefix="cmrbench-mock-") as tmp:
+        hub = make_synthetic_hub(Path(tmp) / "synthetic-hub", seed=args.seed)
+        return _evaluate(args.router, args.router_arg, hub, args.out or Path(tmp) / "runs", args)
+
+
+def cmd_mock_data(args: argparse.Namespace) -> int:
+    from .synthetic import make_synthetic_hub
+    path = make_synthetic_hub(args.out, seed=args.seed, n_experiences=args.experiences, overwrite=args.overwrite)
+    print(f"wrote a synthetic hub to {path.resolve()}")
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from .analysis import rescore
+    from .results import load_results, save_results
+    matrices = rescore(args.results, args.data or default_data_dir())
+    results = load_results(args.results)
+    same = matrices == results.matrices
+    print(f"{args.results}: recomputed matrices {'match' if same else 'DIFFER FROM'} the stored ones")
+    if args.write and not same:
+        save_results(results.model_copy(update={"matrices": matrices}), args.results)
+        print("stored matrices replaced")
+    return 0 if same or args.write else 2
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .analysis import compare
+    out = compare(args.a, args.b, args.data or default_data_dir(), n_resamples=args.resamples, seed=args.seed)
+    print(f"paired bootstrap, top-1 after the last experience: {args.a.name} minus {args.b.name}")
+    for level, r in out.items():
+        print(f"  {level:7s} diff {100 * r['mean_diff']:+6.2f} pp  95% CI [{100 * r['ci_low']:+.2f}, "
+              f"{100 * r['ci_high']:+.2f}]  p = {r['p_value']:.4f}  (n = {r['n']})")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard.board import build_leaderboard, to_markdown
+    from .results import atomic_write_text
+    board = build_leaderboard(args.results_dir, args.sort_by)
+    atomic_write_text(args.out, board.model_dump_json(indent=2) + "\n")
+    md = args.markdown or args.out.with_suffix(".md")
+    atomic_write_text(md, to_markdown(board))
+    print(f"{len(board.entries)} routers ranked by {args.sort_by}: {args.out}, {md}")
+    return 0
+
+
+def cmd_routers(args: argparse.Namespace) -> int:
+    from .registry import REGISTRY
+    for name, target in REGISTRY.items():
+        print(f"{name:16s} {target}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmrbench",
+        description="CMRBench: build the Continual Model Routing benchmark and evaluate routers on it.",
+        epilog="Typical use: `cmrbench build --sources DIR`, `cmrbench info`, "
+               "`cmrbench evaluate --router bm25 --out runs/`, `cmrbench leaderboard runs/ --out leaderboard.json`.")
+    parser.add_argument("--version", action="version", version=f"cmrbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v, -vv)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="build CMRBench from its pinned sources into a dataset folder",
+                       description="Build CMRBench (Parquet + dataset card + manifest) from the pinned upstream "
+                                   "files: from a mirror folder (--sources or $CMRBENCH_SOURCES), else downloaded "
+                                   "at the pinned revisions. Two builds from the same sources are byte-identical.")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default: {default_data_dir()})")
+    p.add_argument("--sources", type=Path, default=None, help="mirror folder of the upstream files")
+    p.add_argument("--offline", action="store_true", help="never download; fail if a required file is missing")
+    p.add_argument("--stream", choices=["paper", "timeline"], default="paper",
+                   help="'paper': the paper's four experiences (default); 'timeline': the same prompts re-sliced "
+                        "by model creation date into --experiences experiences")
+    p.add_argument("--experiences", type=int, default=4, help="number of experiences for --stream timeline")
+    p.add_argument("--seed", type=int, default=42, help="seed of the validation split (default 42)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("info", help="per-experience statistics of a built folder",
+                       description="Print models, new models, families, domains and prompts per split for each "
+                                   "experience of a built CMRBench folder.")
+    _data_arg(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("sources", help="list the pinned upstream files and whether the mirror has them")
+    p.add_argument("--sources", type=Path, default=None, help="mirror folder (default $CMRBENCH_SOURCES)")
+    p.set_defaults(func=cmd_sources)
+
+    p = sub.add_parser("evaluate", help="train and score a router experience by experience",
+                       description="For t = 1..T: router.learn(E_t), then route the test prompts of E_1..E_t over "
+                                   "the models seen so far; store top-k predictions and write a results JSON after "
+                                   "every experience.")
+    p.add_argument("--router", required=True,
+                   help="registered name (see `cmrbench routers`), package.module:Class, or a predictions folder")
+    _data_arg(p)
+    p.add_argument("--out", type=Path, default=Path("runs"), help="folder for results and predictions (default runs/)")
+    _eval_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("mock-run", help="smoke-test a router on a small synthetic hub (seconds)",
+                       description="Evaluate a router on a synthetic hub generated on the fly: checks that it "
+                                   "speaks the protocol before a full run.")
+    p.add_argument("--router", required=True, help="as for `evaluate`")
+    p.add_argument("--out", type=Path, default=None, help="keep the results here (default: discarded)")
+    _eval_options(p)
+    p.set_defaults(func=cmd_mock_run)
+
+    p = sub.add_parser("mock-data", help="write the synthetic hub used by tests and mock-run")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--experiences", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_mock_data)
+
+    p = sub.add_parser("routers", help="list registered router names")
+    p.set_defaults(func=cmd_routers)
+
+    p = sub.add_parser("rescore", help="recompute every metric of a results file from its stored predictions")
+    p.add_argument("results", type=Path)
+    _data_arg(p)
+    p.add_argument("--write", action="store_true", help="rewrite the results file with the recomputed numbers")
+    p.set_defaults(func=cmd_rescore)
+
+    p = sub.add_parser("compare", help="paired bootstrap comparison of two results files",
+                       description="Confidence intervals and p-values of the difference in per-prompt top-1 "
+                                   "correctness (model, family, domain) after the last finished experience.")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    _data_arg(p)
+    p.add_argument("--resamples", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("leaderboard", help="validate, merge seeds and rank a folder of results files")
+    p.add_argument("results_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="leaderboard JSON to write")
+    p.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table (default: OUT with .md)")
+    p.add_argument("--sort-by", default="domain.final_average_accuracy",
+                   help="LEVEL.METRIC to rank by (default domain.final_average_accuracy)")
+    p.set_defaults(func=cmd_leaderboard)
+
+    try:
+        from .builders.huggingbench.pipeline import register_cli
+    except ImportError:  # the scraper is optional at import time
+        register_cli = None
+    if register_cli is not None:
+        register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    if os.environ.get("CMRBENCH_DEBUG"):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished experiences are saved (use --resume)", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line for users; CMRBENCH_DEBUG=1 shows the traceback
+        print(f"cmrbench {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

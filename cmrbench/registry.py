@@ -1,0 +1,96 @@
+"""Router names -> factories, and loading routers named on the command line.
+
+A router is named by a registered name (``bm25``), by ``package.module:Class`` (constructed with the
+``--router-arg key=value`` pairs), or by a folder of precomputed predictions (black-box systems).
+Registered routers are imported lazily, so heavy dependencies load only for the router in use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from .protocol import Router
+
+# name -> "module:factory"; factories accept keyword arguments (seed is always passed when accepted)
+REGISTRY: dict[str, str] = {
+    "random": "cmrbench.baselines.reference:RandomRouter",
+    "most-frequent": "cmrbench.baselines.reference:MostFrequentRouter",
+    "oracle": "cmrbench.baselines.reference:OracleRouter",
+    "domain-oracle": "cmrbench.baselines.reference:DomainOracleRouter",
+    "precomputed": "cmrbench.baselines.precomputed:PrecomputedRouter",
+    "bm25": "cmrbench.baselines.retrieval.bm25:BM25Router",
+    "bm25-rank": "cmrbench.baselines.retrieval.bm25:RankBM25Router",
+    "lucene-bm25": "cmrbench.baselines.retrieval.lucene:LuceneBM25Router",
+    "dense": "cmrbench.baselines.retrieval.dense:DenseRouter",
+    "splade": "cmrbench.baselines.retrieval.splade:SpladeRouter",
+    "bge-m3": "cmrbench.baselines.retrieval.bgem3:BGEM3Router",
+}
+
+
+class RouterLoadError(ValueError):
+    """A router name, class path or argument cannot be used."""
+
+
+def parse_router_args(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings -> kwargs; values are parsed as int, float, bool or None when they look so."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RouterLoadError(f"--router-arg '{pair}' is not key=value")
+        key, raw = pair.split("=", 1)
+        value: Any = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        elif raw.lower() in ("none", "null"):
+            value = None
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _import(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise RouterLoadError(f"'{target}' is not of the form package.module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise RouterLoadError(f"cannot import '{module_name}' for router '{target}': {err}") from err
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise RouterLoadError(f"module '{module_name}' has no '{attr}'") from None
+
+
+def load_router(spec: str, args: dict[str, Any] | None = None, seed: int = 0) -> Router:
+    """Build the router named by ``spec`` (registered name, ``module:Class`` or predictions folder)."""
+    args = dict(args or {})
+    if spec in REGISTRY:
+        factory = _import(REGISTRY[spec])
+    elif ":" in spec:
+        factory = _import(spec)
+    elif Path(spec).is_dir():
+        factory = _import(REGISTRY["precomputed"])
+        args.setdefault("folder", spec)
+    else:
+        raise RouterLoadError(f"unknown router '{spec}'; registered: {', '.join(sorted(REGISTRY))}; or give "
+                              "package.module:Class, or a folder of precomputed predictions")
+    params = inspect.signature(factory).parameters
+    if "seed" in params and "seed" not in args:
+        args["seed"] = seed
+    try:
+        router = factory(**args)
+    except TypeError as err:
+        raise RouterLoadError(f"router '{spec}' rejected its arguments {sorted(args)}: {err}") from err
+    if not isinstance(router, Router):
+        raise RouterLoadError(f"'{spec}' built a {type(router).__name__}, which lacks the Router protocol "
+                              "(meta, learn, route)")
+    return router

@@ -1,0 +1,128 @@
+"""Result files: pydantic models that reject unknown fields, with a committed JSON Schema.
+
+One results JSON per (router, dataset version, seed), saved after every experience; the per-prompt
+predictions sit beside it as Parquet so that every number can be recomputed by ``cmrbench rescore``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field
+
+from .protocol import RouterMeta
+
+RESULTS_SCHEMA_VERSION = "1.0"
+LEVELS = ("model", "family", "domain")
+KS = (1, 3, 5, 10)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetRef(_Strict):
+    name: str
+    version: str
+    stream: str
+    n_experiences: int
+    manifest_sha256: str
+    folder: str = Field(description="folder name only, never a full path")
+
+
+class Hardware(_Strict):
+    platform: str
+    python: str
+    processor: str
+    cpu_count: int
+    memory_gb: float
+    accelerator: str | None = None
+
+
+class LevelSummary(_Strict):
+    """Continual-learning summary of one accuracy matrix (see cmrbench.metrics for definitions)."""
+
+    final_average_accuracy: float
+    stream_average_accuracy: float
+    forgetting: float | None
+    max_forgetting: float | None
+    backward_transfer: float | None
+    forward_transfer: float | None = None
+
+
+class Timings(_Strict):
+    learn_seconds: list[float] = Field(description="seconds spent in learn(), per experience")
+    route_seconds: list[float] = Field(description="seconds spent in route(), per experience")
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    throughput_prompts_per_s: float | None = None
+    peak_rss_mb: float
+
+
+class Results(_Strict):
+    schema_version: Literal["1.0"] = RESULTS_SCHEMA_VERSION
+    cmrbench_version: str
+    dataset: DatasetRef
+    router: RouterMeta
+    seed: int
+    top_k: int
+    hardware: Hardware
+    status: Literal["partial", "complete"]
+    finished_experiences: int
+    matrices: dict[str, dict[str, list[list[float | None]]]] = Field(
+        description="level -> metric (acc@1, acc@3, acc@5, acc@10, mrr@10) -> A[t][j], None above the diagonal")
+    summary: dict[str, LevelSummary] = Field(description="level -> summary of its acc@1 matrix")
+    hallucination_rate: list[float] = Field(description="per experience t: top-1 ids outside the models seen so far")
+    future_leak_rate: list[float] = Field(description="per experience t: top-1 ids that appear only later")
+    reference_rows: dict[str, dict[str, LevelSummary]] = Field(
+        default_factory=dict, description="harness references (random, most-frequent, oracle, domain-oracle)")
+    timings: Timings
+    predictions_file: str
+
+
+def hardware() -> Hardware:
+    accel = None
+    try:
+        import torch  # only to report an accelerator when one is present
+        if torch.cuda.is_available():
+            accel = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return Hardware(platform=platform.platform(), python=platform.python_version(),
+                    processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count() or 1,
+                    memory_gb=round(psutil.virtual_memory().total / 2 ** 30, 1), accelerator=accel)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_results(results: Results, path: Path) -> None:
+    atomic_write_text(path, results.model_dump_json(indent=2) + "\n")
+
+
+def load_results(path: Path) -> Results:
+    """Read and validate a results file; errors name the file and the offending field."""
+    try:
+        return Results.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not a valid CMRBench results file: {err}") from err
+
+
+def results_json_schema() -> str:
+    return json.dumps(Results.model_json_schema(), indent=2, sort_keys=True) + "\n"
