@@ -1,0 +1,72 @@
+"""Results files, their committed JSON Schemas, the leaderboard and paired comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cmrbench.analysis import compare, rescore
+from cmrbench.cli import main
+from cmrbench.data import Benchmark
+from cmrbench.evaluate import evaluate
+from cmrbench.leaderboard.board import build_leaderboard, leaderboard_json_schema, to_markdown
+from cmrbench.registry import load_router
+from cmrbench.results import load_results, results_json_schema
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "leaderboard" / "schema"
+
+
+def test_committed_schemas_match_the_code():
+    assert (SCHEMAS / "results.schema.json").read_text() == results_json_schema(), \
+        "regenerate leaderboard/schema/*.json (see README, 'Results files')"
+    assert (SCHEMAS / "leaderboard.schema.json").read_text() == leaderboard_json_schema()
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_hub, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    bench = Benchmark(synthetic_hub)
+    for seed in (0, 1):
+        evaluate(load_router("random", seed=seed), bench, out, seed=seed, progress=False)
+    evaluate(load_router("domain-oracle"), bench, out, progress=False)
+    evaluate(load_router("most-frequent"), bench, out, progress=False)
+    return out
+
+
+def test_unknown_fields_are_rejected(runs, tmp_path):
+    path = next(runs.glob("random__*seed0.json"))
+    data = json.loads(path.read_text())
+    data["surprise"] = 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="(?s)bad.json.*surprise"):
+        load_results(bad)
+
+
+def test_leaderboard_merges_seeds_and_ranks(runs, tmp_path):
+    board = build_leaderboard(runs, "domain.final_average_accuracy")
+    names = [e.router for e in board.entries]
+    assert names[0] == "domain-oracle"
+    random_entry = next(e for e in board.entries if e.router == "random")
+    assert random_entry.seeds == [0, 1] and random_entry.scores["domain"]["final_average_accuracy"].n == 2
+    md = to_markdown(board)
+    assert "| 1 | domain-oracle | reference |" in md
+    assert main(["leaderboard", str(runs), "--out", str(tmp_path / "lb.json")]) == 0
+    assert json.loads((tmp_path / "lb.json").read_text())["entries"][0]["router"] == "domain-oracle"
+    assert (tmp_path / "lb.md").read_text() == md
+
+
+def test_rescore_reproduces_stored_matrices(runs, synthetic_hub):
+    path = next(runs.glob("most-frequent__*.json"))
+    assert rescore(path, synthetic_hub) == load_results(path).matrices
+
+
+def test_compare_is_a_paired_bootstrap(runs, synthetic_hub):
+    a = next(runs.glob("domain-oracle__*.json"))
+    b = next(runs.glob("random__*seed0.json"))
+    out = compare(a, b, synthetic_hub, n_resamples=2000)
+    assert out["domain"]["mean_diff"] > 0 and out["domain"]["p_value"] < 0.05
+    same = compare(b, b, synthetic_hub, n_resamples=500)
+    assert same["model"]["mean_diff"] == 0 and same["model"]["p_value"] == 1.0
