@@ -52,8 +52,8 @@ class Assembled:
     cards: pl.DataFrame                        # card_id, model_id, experience, domain, card
     stream: str
     seed: int
-    missing_sources: list[str]
     notes: dict[str, object] = field(default_factory=dict)
+    missing_sources: list[str] = field(default_factory=list)  # optional upstream files that were absent
 
 
 def _hash_order(seed: int, ids: list[str]) -> list[int]:
@@ -95,7 +95,8 @@ def _extras(resolver: SourceResolver, quarantine: Quarantine) -> dict[int, pl.Da
     """Released rows outside the processed files, per experience (prompt, model_id, origin)."""
     hb = build_huggingbench_release(resolver, quarantine)
     keep = ["prompt", "model_id", "origin", "modality"]
-    return {2: build_toolmmbench(resolver, quarantine).select(keep),
+    # every single-answer ToolMMBench prompt of a released E2 model counts, however rare the model
+    return {2: build_toolmmbench(resolver, quarantine, min_prompts=1).select(keep),
             3: hb[3].select(keep), 4: hb[4].select(keep)}
 
 
@@ -174,9 +175,12 @@ def assemble_paper(resolver: SourceResolver, quarantine: Quarantine, seed: int =
     experiences = {exp: _finish(rows, stages[exp - 1]) for exp, rows in experiences.items()}
     released = {m: f for exp in sorted(experiences, reverse=True)
                 for m, f in experiences[exp].select("model_id", "family").unique().rows()}
-    notes = {"family_agreement": family_agreement(stages[-1], released)}
-    return Assembled(experiences, models_table(experiences, release.cards), release.cards, "paper", seed,
-                     release.missing, notes)
+    per_experience = {str(exp): family_agreement(stages[exp - 1], dict(
+        experiences[exp].select("model_id", "family").unique("model_id", keep="first").rows()))
+        for exp in sorted(experiences)}
+    notes = {"family_agreement": family_agreement(stages[-1], released),
+             "family_agreement_per_experience": per_experience}
+    return Assembled(experiences, models_table(experiences, release.cards), release.cards, "paper", seed, notes)
 
 
 def reslice_timeline(paper: Assembled, n_experiences: int) -> Assembled:
@@ -206,4 +210,4 @@ def reslice_timeline(paper: Assembled, n_experiences: int) -> Assembled:
                                                                                  return_dtype=pl.Int8))
     cards = cards.filter(pl.col("experience").is_not_null())
     return Assembled(experiences, models_table(experiences, cards), cards, "timeline", paper.seed,
-                     paper.missing_sources, {"family_agreement": paper.notes["family_agreement"]})
+                     {"family_agreement": paper.notes["family_agreement"]})

@@ -38,8 +38,8 @@ def render_card(manifest: dict, configs: dict[str, dict[str, str]]) -> str:
     agreement = manifest["notes"].get("family_agreement", {})
     sources = "\n".join(f"| `{k}` | {v['repo']}@{v['revision'][:7]} | {v['license']} | `{v['sha256'][:12]}…` |"
                         for k, v in manifest["sources"].items())
-    missing = "\n".join(f"- `{k}`" for k in manifest["missing_sources"]) or "- none"
-    quarantine = "\n".join(f"- {reason}: {n:,}" for reason, n in manifest["quarantine"].items()) or "- none"
+    missing = "\n".join(f"  - `{k}`" for k in manifest["missing_sources"]) or "  - none"
+    quarantine = "\n".join(f"  - {reason}: {n:,}" for reason, n in manifest["quarantine"].items()) or "  - none"
     return template.substitute(
         configs_yaml=_configs_yaml(configs).rstrip(), stream=manifest["stream"], seed=manifest["seed"],
         dataset_version=manifest["dataset_version"], builder_version=manifest["builder_version"],

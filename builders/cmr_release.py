@@ -31,7 +31,6 @@ class Release:
 
     experiences: dict[int, pl.DataFrame]
     cards: pl.DataFrame
-    missing: list[str]
 
 
 def _card_json(api_data: object) -> str | None:
@@ -93,14 +92,13 @@ def _read_cards(resolver: SourceResolver, quarantine: Quarantine) -> pl.DataFram
 
 
 def build_cmr_release(resolver: SourceResolver, quarantine: Quarantine) -> Release:
-    experiences, missing = {}, []
+    experiences = {}
     for exp, name in EXPERIENCE_FILES.items():
         parts = []
         for split in ("train", "val", "eval"):
             key = f"cmr-release/processed/cleaned-{name}-{split}.json"
             if split == "train" and not resolver.available(key):
-                missing.append(key)
-                continue
+                continue  # missing offline; reported in the manifest's missing_sources
             parts.append(_read_split(resolver, key, split, quarantine))
         experiences[exp] = pl.concat(parts)
-    return Release(experiences, _read_cards(resolver, quarantine), missing)
+    return Release(experiences, _read_cards(resolver, quarantine))

@@ -120,6 +120,7 @@ def build(out: Path, resolver: SourceResolver, *, stream: str = "paper", experie
     data = assemble_paper(resolver, quarantine, seed=seed)
     if stream == "timeline":
         data = reslice_timeline(data, experiences)
+    data.missing_sources = sorted(k for k, spec in SOURCES.items() if spec.optional and not resolver.available(k))
     return write_folder(data, resolver.sha256, quarantine, out, overwrite=overwrite)
 
 

@@ -71,6 +71,6 @@ def make_synthetic_hub(out: str | Path, *, n_experiences: int = 3, models_per_ex
         seen.extend(new)
     card_frame = pl.DataFrame(cards, schema={"card_id": pl.String, "model_id": pl.String, "experience": pl.Int8,
                                              "domain": pl.String, "card": pl.String})
-    data = Assembled(experiences, models_table(experiences, card_frame), card_frame, "synthetic", seed, [])
+    data = Assembled(experiences, models_table(experiences, card_frame), card_frame, "synthetic", seed)
     write_folder(data, {}, Quarantine(), Path(out), overwrite=overwrite)
     return Path(out)
