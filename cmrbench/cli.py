@@ -80,7 +80,8 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, args: argparse.Namespace) -> int:
+def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, args: argparse.Namespace,
+              keep: bool = True) -> int:
     from .data import Benchmark
     from .evaluate import RunPaths, evaluate
     from .registry import load_router, parse_router_args
@@ -98,7 +99,7 @@ def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, a
           f"experiences: M {100 * s['model'].final_average_accuracy:.1f} / F "
           f"{100 * s['family'].final_average_accuracy:.1f} / D {100 * s['domain'].final_average_accuracy:.1f}"
           + (f", D forgetting {100 * s['domain'].forgetting:.1f}" if s['domain'].forgetting is not None else ""))
-    print(f"results: {paths.results}")
+    print(f"results: {paths.results}" if keep else "(results discarded; pass --out to keep them)")
     return 0
 
 
@@ -125,7 +126,8 @@ def cmd_mock_run(args: argparse.Namespace) -> int:
     from .synthetic import make_synthetic_hub
     with tempfile.TemporaryDirectory(prefix="cmrbench-mock-") as tmp:
         hub = make_synthetic_hub(Path(tmp) / "synthetic-hub", seed=args.seed)
-        return _evaluate(args.router, args.router_arg, hub, args.out or Path(tmp) / "runs", args)
+        return _evaluate(args.router, args.router_arg, hub, args.out or Path(tmp) / "runs", args,
+                         keep=args.out is not None)
 
 
 def cmd_mock_data(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -190,36 +191,40 @@ def reference_matrices(benchmark: Benchmark, finished: int) -> dict[str, dict[st
     random (uniform over models seen so far), most-frequent (the commonest training label so far),
     oracle (always right) and domain-oracle (uniform over seen models of the gold domain)."""
     out = {name: {lv: {} for lv in LEVELS} for name in ("random", "most-frequent", "oracle", "domain-oracle")}
-    train_counts: dict[str, int] = {}
+    train_counts: Counter[str] = Counter()
     for t in range(1, finished + 1):
-        for m, n in benchmark.split(t, "train").group_by("model_id").len().rows():
-            train_counts[m] = train_counts.get(m, 0) + n
+        train_counts.update(benchmark.split(t, "train")["model_id"].to_list())
         frequent = min(train_counts, key=lambda m: (-train_counts[m], m)) if train_counts else None
         reg = benchmark.label_registry(t)
-        seen = sorted(reg.model_ids)
-        by_domain: dict[str, list[str]] = {}
-        for m in seen:
-            for d in reg.domains[m]:
-                by_domain.setdefault(d, []).append(m)
+        n_seen = len(reg.model_ids)
+        carrying = {"family": Counter(f for fs in reg.families.values() for f in fs),
+                    "domain": Counter(d for ds in reg.domains.values() for d in ds)}
+        # models of each domain carrying each family, for the domain oracle
+        fam_in_domain: Counter[tuple[str, str]] = Counter(
+            (d, f) for m in reg.model_ids for d in reg.domains[m] for f in reg.families[m])
         for j in range(1, t + 1):
             gold = benchmark.test_set(j)
-            rows = list(zip(gold["model_id"], gold["family"], gold["domain"]))
             cell = (t - 1, j - 1)
-
-            def frac(models: list[str], level: str, want: str, gm: str) -> float:
-                if level == "model":
-                    return sum(m == gm for m in models) / len(models)
-                labels = reg.families if level == "family" else reg.domains
-                return sum(want in labels[m] for m in models) / len(models)
-
+            rand = {"model": [], "family": [], "domain": []}
+            freq = {"model": [], "family": [], "domain": []}
+            dom = {"model": [], "family": [], "domain": []}
+            for model_id, family, domain in zip(gold["model_id"], gold["family"], gold["domain"]):
+                rand["model"].append(1 / n_seen)
+                rand["family"].append(carrying["family"][family] / n_seen)
+                rand["domain"].append(carrying["domain"][domain] / n_seen)
+                freq["model"].append(float(frequent == model_id))
+                freq["family"].append(float(frequent is not None and family in reg.families[frequent]))
+                freq["domain"].append(float(frequent is not None and domain in reg.domains[frequent]))
+                in_domain = carrying["domain"][domain]
+                dom["model"].append(1 / in_domain if in_domain else 1 / n_seen)
+                dom["family"].append(fam_in_domain[(domain, family)] / in_domain if in_domain
+                                     else carrying["family"][family] / n_seen)
+                dom["domain"].append(1.0 if in_domain else carrying["domain"][domain] / n_seen)
             for level in LEVELS:
-                want = {"model": 0, "family": 1, "domain": 2}[level]
                 out["oracle"][level][cell] = 1.0
-                out["random"][level][cell] = float(np.mean([frac(seen, level, r[want], r[0]) for r in rows]))
-                out["most-frequent"][level][cell] = float(np.mean(
-                    [frac([frequent], level, r[want], r[0]) if frequent else 0.0 for r in rows]))
-                out["domain-oracle"][level][cell] = float(np.mean(
-                    [frac(by_domain.get(r[2], seen), level, r[want], r[0]) for r in rows]))
+                out["random"][level][cell] = float(np.mean(rand[level]))
+                out["most-frequent"][level][cell] = float(np.mean(freq[level]))
+                out["domain-oracle"][level][cell] = float(np.mean(dom[level]))
     return {name: {lv: M.accuracy_matrix(c, finished) for lv, c in per.items()} for name, per in out.items()}
 
 
