@@ -171,6 +171,27 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce, reproductions
+    specs = reproductions()
+    if args.list or not args.names and not args.all:
+        for name, spec in specs.items():
+            e = spec.expected
+            print(f"{name:16s} M {e.model:5.1f}  F {e.family:5.1f}  D {e.domain:5.1f}   {spec.command}")
+        return 0
+    unknown = [n for n in args.names if n not in specs]
+    if unknown:
+        raise ValueError(f"no reproduction named {', '.join(unknown)}; see `cmrbench reproduce --list`")
+    failed = 0
+    for name in (list(specs) if args.all else args.names):
+        rows = reproduce(specs[name], args.data or default_data_dir(), args.out, progress=not args.no_progress)
+        for metric, want, have, ok in rows:
+            failed += not ok
+            shown = "n/a" if have is None else f"{have:.2f}"
+            print(f"{name:16s} {metric:18s} expected {want:6.2f}  got {shown:>6s}  {'OK' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
 def cmd_routers(args: argparse.Namespace) -> int:
     from .registry import REGISTRY
     for name, target in REGISTRY.items():
@@ -209,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("sources", help="list the pinned upstream files and whether the mirror has them")
+    p = sub.add_parser("sources", help="list the pinned upstream files and whether the mirror has them",
+                       description="List every upstream file CMRBench is built from (repository, pinned commit) and "
+                                   "whether the mirror folder has it. Optional files (the release's training files, "
+                                   "large raw files) improve the build when present; required ones must be there.")
     p.add_argument("--sources", type=Path, default=None, help="mirror folder (default $CMRBENCH_SOURCES)")
     p.set_defaults(func=cmd_sources)
 
@@ -239,7 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_mock_data)
 
-    p = sub.add_parser("routers", help="list registered router names")
+    p = sub.add_parser("reproduce", help="rerun baselines and check their expected scores",
+                       description="Two-click reproductions: each baseline's exact command and expected scores on "
+                                   "CMRBench v1 live in baselines/reproductions/*.yaml; this reruns them and checks "
+                                   "the scores within each file's tolerance (exit code 1 on a mismatch).")
+    p.add_argument("names", nargs="*", help="reproductions to run (default: list them)")
+    p.add_argument("--all", action="store_true", help="run every reproduction")
+    p.add_argument("--list", action="store_true", help="list reproductions with their expected scores")
+    _data_arg(p)
+    p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="where the rerun results go")
+    _progress_arg(p)
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("routers", help="list registered router names",
+                       description="List the routers registered by name (for `evaluate --router NAME`) and the "
+                                   "module:factory each one loads. Any other router can be named as "
+                                   "package.module:Class, or as a folder of precomputed predictions.")
     p.set_defaults(func=cmd_routers)
 
     p = sub.add_parser("rescore", help="recompute every metric of a results file from its stored predictions")

@@ -1,0 +1,47 @@
+"""The command line as users meet it: help texts, smoke runs, reproductions, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cmrbench.cli import build_parser, main
+
+COMMANDS = ["build", "info", "sources", "evaluate", "mock-run", "mock-data", "routers", "rescore", "compare",
+            "leaderboard", "reproduce"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    assert info.value.code == 0
+    assert len(capsys.readouterr().out) > 200
+
+
+def test_mock_run_smoke_test_in_seconds():
+    done = subprocess.run([sys.executable, "-m", "cmrbench.cli", "mock-run", "--router", "random", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "random on CMRBench-v1-synthetic" in done.stdout and "discarded" in done.stdout
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["info", "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is not a CMRBench folder" in err and "Traceback" not in err
+    assert main(["evaluate", "--data", str(tmp_path), "--router", "nope"]) == 1
+
+
+def test_unknown_router_lists_the_registered_ones(synthetic_hub, capsys):
+    assert main(["evaluate", "--data", str(synthetic_hub), "--router", "does-not-exist"]) == 1
+    assert "registered: " in capsys.readouterr().err
+
+
+def test_reference_reproductions_match_their_expected_scores(real_build, tmp_path, capsys):
+    assert main(["reproduce", "random", "most-frequent", "oracle", "domain-oracle", "--data", str(real_build),
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" OK") == 16 and "FAIL" not in out
