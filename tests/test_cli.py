@@ -45,3 +45,17 @@ def test_reference_reproductions_match_their_expected_scores(real_build, tmp_pat
                  "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.count(" OK") == 16 and "FAIL" not in out
+
+
+def test_readme_example_router_runs(tmp_path, synthetic_hub):
+    """The 20-line router in README.md is real code: extract it and evaluate it."""
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("# my_router.py")[1].split("```")[0]
+    (tmp_path / "my_router.py").write_text("# my_router.py" + code)
+    assert len(code.strip().splitlines()) <= 25
+    done = subprocess.run([sys.executable, "-m", "cmrbench.cli", "evaluate", "--data", str(synthetic_hub),
+                           "--router", "my_router:OverlapRouter", "--out", str(tmp_path / "runs"), "--no-progress"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "overlap on CMRBench-v1-synthetic" in done.stdout
