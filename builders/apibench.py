@@ -11,10 +11,9 @@ The TensorFlow Hub and Torch Hub pairs (``hub="tensorflowhub"`` / ``"torchhub"``
 experiences, not part of the default stream. Their labels are hub addresses, not HF repo ids: the
 tfhub.dev URL for TF Hub; for Torch Hub ``repo:model`` from ``torch.hub.load`` with the repo's version
 tag dropped (so one model keeps one label), or the bare repo where the API names no entry point.
-Their ``api_data.domain`` values ("Image classification", "Semantic Segmentation", ...) are not HF
-tasks, so they are not mapped into the HF taxonomy: they are kept verbatim behind a "TF Hub " /
-"Torch Hub " prefix, which keeps them apart from every HF domain (and from each other) when
-experiences are combined. These rows have no creation date.
+Their ``api_data.domain`` values ("Image classification", "Semantic Segmentation", ...) are hub task
+names, mapped to HF tasks by ``taxonomy.HUB_TASKS`` so that extra experiences share the domain space
+of the main stream (an unmapped name is quarantined). These rows have no creation date.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from cmrbench.sources import SOURCES, SourceResolver
 
 from .hub_metadata import api_data_card, load_model_info, sort_by_origin, with_created_at
 from .records import PROMPT_SCHEMA, Quarantine, normalise_prompt, read_json_lines
-from .taxonomy import UnknownDomainError, check_domain
+from .taxonomy import UnknownDomainError, check_domain, domain_for_hub_task
 
 APIBENCH_SCHEMA: dict[str, pl.DataType] = {**PROMPT_SCHEMA, "upstream_split": pl.String()}
 HF_CUTOFF = date(2023, 5, 24)  # the paper clamps E1 creation dates here (APIBench release)
@@ -41,8 +40,6 @@ HUB_FILES: dict[str, tuple[tuple[str, str], ...]] = {
     "tensorflowhub": (("eval", "apibench/tensorflow_eval.json"), ("train", "apibench/tensorflow_train.json")),
     "torchhub": (("eval", "apibench/torchhub_eval.json"), ("train", "apibench/torchhub_train.json")),
 }
-_DOMAIN_PREFIX = {"tensorflowhub": "TF Hub", "torchhub": "Torch Hub"}
-
 _NAME = r"[A-Za-z0-9][\w.-]*"
 _REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
 _DOWNLOAD_MODEL = re.compile(rf"--download_model\s+({_NAME}/{_NAME})")
@@ -132,7 +129,7 @@ _MODEL_ID: dict[str, Callable[[str, object], str | None]] = {
 
 def _domain(hub: str, raw: str) -> str:
     """The row's domain label; raises UnknownDomainError for an HF domain outside the taxonomy."""
-    return check_domain(raw) if hub == "huggingface" else f"{_DOMAIN_PREFIX[hub]} {raw}"
+    return check_domain(raw) if hub == "huggingface" else domain_for_hub_task(raw)
 
 
 def _row(hub: str, key: str, split: str, n: int, obj: dict, quarantine: Quarantine) -> dict | None:

@@ -10,6 +10,7 @@ it. When the full release files are present they are used instead, unchanged.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,7 @@ import polars as pl
 from cmrbench.sources import SourceResolver
 
 from .cmr_release import Release, build_cmr_release
+from .apibench import build_apibench
 from .families import assign_families, family_agreement
 from .huggingbench.release import build_huggingbench_release
 from .records import Quarantine, dedupe_key, prompt_id
@@ -27,6 +29,7 @@ from .toolmmbench import build_toolmmbench
 SPLITS = ("train", "validation", "test")
 VALIDATION_FRACTION = 0.15
 STREAMS = ("paper", "timeline")
+EXTRA_HUBS = ("torchhub", "tensorflowhub")
 
 # Column -> dtype of every experience split in the release.
 EXPERIENCE_SCHEMA: dict[str, pl.DataType] = {
@@ -211,3 +214,58 @@ def reslice_timeline(paper: Assembled, n_experiences: int) -> Assembled:
     cards = cards.filter(pl.col("experience").is_not_null())
     return Assembled(experiences, models_table(experiences, cards), cards, "timeline", paper.seed,
                      {"family_agreement": paper.notes["family_agreement"]})
+
+
+def _dedupe(rows: pl.DataFrame, banned: set[str]) -> pl.DataFrame:
+    """Drop prompts in ``banned`` and repeats (first by origin wins)."""
+    return (rows.with_columns(key=pl.col("prompt").map_elements(dedupe_key, return_dtype=pl.String))
+            .filter(~pl.col("key").is_in(list(banned)))
+            .sort("origin").unique("key", keep="first", maintain_order=True).drop("key"))
+
+
+def add_extra_hubs(data: Assembled, resolver: SourceResolver, quarantine: Quarantine,
+                   hubs: list[str]) -> Assembled:
+    """Append APIBench's Torch Hub / TF Hub pairs as extra experiences after the stream, one per hub:
+    test = the hub's eval pairs, train pool = its train pairs (missing offline for TF Hub, whose
+    experience is then test-only: routers meet its models through their cards). Families are
+    computed with the same cumulative rule; these models have no released family."""
+    unknown = [h for h in hubs if h not in EXTRA_HUBS]
+    if unknown:
+        raise ValueError(f"unknown extra hub(s) {unknown}; choose from {EXTRA_HUBS}")
+    experiences = dict(data.experiences)
+    banned = {dedupe_key(p) for rows in experiences.values()
+              for p in rows.filter(pl.col("split") == "test")["prompt"].to_list()}
+    new_cards = []
+    card_no = data.cards.height
+    for hub in hubs:
+        exp = len(experiences) + 1
+        rows = build_apibench(resolver, quarantine, hub=hub)
+        test = _dedupe(rows.filter(pl.col("upstream_split") == "eval"), set()).with_columns(split=pl.lit("test"))
+        banned |= {dedupe_key(p) for p in test["prompt"].to_list()}
+        pool = _dedupe(rows.filter(pl.col("upstream_split") != "eval"), banned).with_columns(split=pl.lit("train"))
+        frame = pl.concat([pool, test]).with_columns(
+            prompt_id=pl.struct("prompt", "model_id").map_elements(
+                lambda r, e=exp: prompt_id(e, r["prompt"], r["model_id"]), return_dtype=pl.String),
+            experience=pl.lit(exp, dtype=pl.Int8), family=pl.lit(None, dtype=pl.String))
+        pool_rows = frame.filter(pl.col("split") == "train")
+        if pool_rows.height:
+            pool_rows = pool_rows.with_columns(split_validation(pool_rows, data.seed))
+        experiences[exp] = pl.concat([pool_rows, frame.filter(pl.col("split") == "test")])
+        for model_id, card in frame.sort("origin").unique("model_id", keep="first").sort("model_id").select(
+                "model_id", "card").rows():
+            card_no += 1
+            new_cards.append({"card_id": f"card-{card_no:05d}", "model_id": model_id, "experience": exp,
+                              "domain": json.loads(card).get("domain") if card else None, "card": card})
+    stages = _family_stages(experiences)
+    finished = {}
+    for exp, rows in experiences.items():
+        if exp in data.experiences:
+            finished[exp] = rows
+            continue
+        fam = stages[exp - 1]
+        rows = rows.with_columns(family=pl.col("model_id").replace_strict(fam, default=None))
+        finished[exp] = _finish(rows, fam)
+    cards = pl.concat([data.cards, pl.DataFrame(new_cards, schema=data.cards.schema)])
+    notes = {**data.notes, "extra_hubs": hubs}
+    stream = "+".join([data.stream, *hubs])
+    return Assembled(finished, models_table(finished, cards), cards, stream, data.seed, notes)

@@ -19,7 +19,7 @@ import polars as pl
 from cmrbench import DATASET_NAME, DATASET_VERSION, __version__
 from cmrbench.sources import SOURCES, SourceResolver
 
-from .assemble import SPLITS, STREAMS, Assembled, assemble_paper, reslice_timeline
+from .assemble import SPLITS, STREAMS, Assembled, add_extra_hubs, assemble_paper, reslice_timeline
 from .card import render_card
 from .records import Quarantine
 
@@ -112,7 +112,7 @@ def write_folder(data: Assembled, source_sha256: dict[str, str], quarantine: Qua
 
 
 def build(out: Path, resolver: SourceResolver, *, stream: str = "paper", experiences: int = 4, seed: int = 42,
-          overwrite: bool = False) -> dict:
+          extra_hubs: list[str] | None = None, overwrite: bool = False) -> dict:
     """Build CMRBench from sources into ``out``; the function behind ``cmrbench build``."""
     if stream not in STREAMS:
         raise ValueError(f"unknown stream '{stream}'; choose one of {STREAMS}")
@@ -120,6 +120,8 @@ def build(out: Path, resolver: SourceResolver, *, stream: str = "paper", experie
     data = assemble_paper(resolver, quarantine, seed=seed)
     if stream == "timeline":
         data = reslice_timeline(data, experiences)
+    if extra_hubs:
+        data = add_extra_hubs(data, resolver, quarantine, list(extra_hubs))
     data.missing_sources = sorted(k for k, spec in SOURCES.items() if spec.optional and not resolver.available(k))
     return write_folder(data, resolver.sha256, quarantine, out, overwrite=overwrite)
 

@@ -83,6 +83,21 @@ LEGACY_DOMAINS = frozenset({
 KNOWN_DOMAINS = frozenset({f"{c} {t}" for c, t in TASKS.values()}) | LEGACY_DOMAINS
 
 
+# TF Hub / Torch Hub task names (APIBench's extra hubs) -> HF task, so extra experiences share the
+# domain space of the main stream. Keys are lower-cased.
+HUB_TASKS: dict[str, str] = {
+    "image classification": "image-classification", "classification": "image-classification",
+    "image feature vector": "image-feature-extraction", "image object detection": "object-detection",
+    "object detection": "object-detection", "image pose detection": "keypoint-detection",
+    "image segmentation": "image-segmentation", "semantic segmentation": "image-segmentation",
+    "video classification": "video-classification", "text embedding": "feature-extraction",
+    "text preprocessing": "feature-extraction", "text language model": "text-generation",
+    "text classification": "text-classification", "audio event classification": "audio-classification",
+    "audio embedding": "audio-classification", "audio separation": "audio-to-audio",
+    "text-to-speech": "text-to-speech",
+}
+
+
 class UnknownDomainError(ValueError):
     """A domain string or task that the taxonomy does not know."""
 
@@ -95,6 +110,15 @@ def domain_for_task(task: str) -> str:
         raise UnknownDomainError(f"HF task '{task}' is not in the CMRBench taxonomy "
                                  f"(builders/taxonomy.py TASKS)") from None
     return f"{category} {label}"
+
+
+def domain_for_hub_task(name: str) -> str:
+    """Domain of a TF Hub / Torch Hub task name, e.g. "Semantic Segmentation" -> "Computer Vision Image
+    Segmentation"."""
+    try:
+        return domain_for_task(HUB_TASKS[name.strip().lower()])
+    except KeyError:
+        raise UnknownDomainError(f"hub task '{name}' has no HF task in builders/taxonomy.py HUB_TASKS") from None
 
 
 def match_task(tags: list[str], max_distance: float = 0.4) -> str | None:

@@ -38,8 +38,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .sources import SourceResolver
     resolver = SourceResolver(args.sources, offline=args.offline or None)
     out = args.out or default_data_dir()
+    extra = [h.strip() for h in args.extra_hubs.split(",") if h.strip()] if args.extra_hubs else None
     manifest = build(out, resolver, stream=args.stream, experiences=args.experiences, seed=args.seed,
-                     overwrite=args.overwrite)
+                     extra_hubs=extra, overwrite=args.overwrite)
     print(f"built {manifest['dataset']} {manifest['dataset_version']} ({manifest['stream']} stream, "
           f"{manifest['experiences']} experiences, {manifest['unique_models']:,} models, "
           f"{manifest['unique_domains']} domains) into {Path(out).resolve()}")
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'paper': the paper's four experiences (default); 'timeline': the same prompts re-sliced "
                         "by model creation date into --experiences experiences")
     p.add_argument("--experiences", type=int, default=4, help="number of experiences for --stream timeline")
+    p.add_argument("--extra-hubs", default="", metavar="HUB[,HUB]",
+                   help="append APIBench's other hubs as extra experiences after the stream: torchhub, "
+                        "tensorflowhub (not part of CMRBench v1's default stream)")
     p.add_argument("--seed", type=int, default=42, help="seed of the validation split (default 42)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_build)

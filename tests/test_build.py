@@ -92,6 +92,21 @@ def test_timeline_stream_reslices_the_same_prompts(real_build, sources_dir, tmp_
     assert all(max(dates[i]) <= min(dates[i + 1]) for i in range(5))  # oldest models first, no overlap
 
 
+def test_extra_hubs_append_experiences(sources_dir, tmp_path):
+    out = tmp_path / "extended"
+    manifest = build(out, SourceResolver(sources_dir, offline=True), extra_hubs=["torchhub", "tensorflowhub"])
+    assert manifest["stream"] == "paper+torchhub+tensorflowhub" and manifest["experiences"] == 6
+    stats = {s["experience"]: s for s in manifest["statistics"]}
+    assert [stats[t]["models"] for t in range(1, 5)] == list(PAPER_MODELS.values())  # the paper's part unchanged
+    assert stats[5]["test"] == 186 and stats[5]["train"] > 0  # Torch Hub: eval pairs test, train pairs train
+    assert stats[6]["train"] == 0 and stats[6]["test"] > 600  # TF Hub's train file is missing offline
+    bench = Benchmark(out)
+    torch_models = bench.experience_models(5)
+    assert all(":" in m for m in torch_models)
+    assert set(bench.experience(6).cards["model_id"]) >= bench.experience_models(6)
+    assert bench.rows(5)["family"].null_count() == 0
+
+
 def test_info_command(real_build, capsys):
     assert main(["info", "--data", str(real_build)]) == 0
     out = capsys.readouterr().out
