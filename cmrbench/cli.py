@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort-by", default="domain.final_average_accuracy",
                    help="LEVEL.METRIC to rank by (default domain.final_average_accuracy)")
     p.set_defaults(func=cmd_leaderboard)
+    from .leaderboard.cli import add_html_option, register_cli as register_leaderboard_cli
+    add_html_option(p)  # --html DIR: also render the static page (wraps cmd_leaderboard)
+    register_leaderboard_cli(sub)  # plot, publish
 
     try:
         from .builders.huggingbench.pipeline import register_cli

@@ -1,0 +1,130 @@
+"""Command-line pieces of the leaderboard package: ``cmrbench plot``, ``cmrbench publish`` and
+``cmrbench leaderboard ... --html DIR``.
+
+``cmrbench/cli.py`` wires them in with :func:`register_cli` (the two subcommands) and
+:func:`add_html_option` (the ``--html`` option of ``leaderboard``). ``python -m cmrbench.leaderboard.cli``
+runs the same two subcommands on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_results
+    files = plot_results(args.results, args.out, fmt=args.format, metric=args.metric, dpi=args.dpi,
+                         compare=False if args.no_compare else None)
+    print(f"{len(files)} figures ({args.format}) written to {args.out}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import (default_message, format_plan, format_report, plan_as_json, plan_upload, publish,
+                          report_as_json, token_from_env)
+    files = plan_upload(args.dataset, args.results, results_prefix=args.results_prefix)
+    endpoint = (args.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    if args.dry_run:
+        print(plan_as_json(files) if args.json else format_plan(files, args.repo, args.revision or "main", endpoint))
+        return 0
+    report = publish(files, args.repo, branch=args.revision, endpoint=endpoint, token=token_from_env(args.token_env),
+                     message=args.message or default_message(files, args.dataset), create_pr=args.create_pr,
+                     private=True if args.private else None)
+    print(report_as_json(report) if args.json else format_report(report, has_dataset=args.dataset is not None))
+    return 0
+
+
+def add_plot_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("plot", help="figures (PNG/SVG) from results files: heatmaps, accuracy curves, forgetting",
+                       description="Draw, for each results file, the accuracy-matrix heatmap of each level, accuracy "
+                                   "after each experience and forgetting per experience; with several files, also "
+                                   "comparison figures (seeds of one router merged as mean ± std). Needs matplotlib: "
+                                   "pip install 'cmrbench[plots]'.")
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS",
+                   help="results JSON files, or folders of them")
+    p.add_argument("--out", type=Path, required=True, help="folder for the figures")
+    p.add_argument("--format", choices=["png", "svg"], default="png", help="file format (default png)")
+    p.add_argument("--metric", default="acc@1", choices=["acc@1", "acc@3", "acc@5", "acc@10", "mrr@10"],
+                   help="matrix metric to draw (default acc@1)")
+    p.add_argument("--dpi", type=int, default=150, help="resolution of PNG files (default 150)")
+    p.add_argument("--no-compare", action="store_true", help="no comparison figures, even for several files")
+    p.set_defaults(func=cmd_plot)
+    return p
+
+
+def add_publish_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("publish", help="push a built CMRBench folder and/or results to a Hub dataset repo",
+                       description="Create the dataset repo if needed and commit the files in one commit; the "
+                                   "commit sha (the revision to pin) is printed. --dry-run lists exactly the files "
+                                   "(path, size, sha256) and sends nothing.")
+    p.add_argument("--dataset", type=Path, default=None, help="built CMRBench folder (its dataset card included)")
+    p.add_argument("--results", type=Path, default=None, help="folder of results files (and predictions)")
+    p.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repo")
+    p.add_argument("--revision", default=None, metavar="BRANCH",
+                   help="branch to commit to, created if missing (default main); the commit sha is reported")
+    p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded; no network")
+    p.add_argument("--endpoint", default=None, metavar="URL",
+                   help="Hub endpoint (default $HF_ENDPOINT or https://huggingface.co)")
+    p.add_argument("--token-env", default=None, metavar="VAR",
+                   help="environment variable holding a write token (default: HF_TOKEN or the stored login)")
+    p.add_argument("--results-prefix", default="results", metavar="PATH",
+                   help="folder of the repo that receives --results (default results; '' for the root)")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo is unchanged)")
+    p.add_argument("--json", action="store_true", help="print the file list / the report as JSON")
+    p.set_defaults(func=cmd_publish)
+    return p
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``plot`` and ``publish`` subcommands to ``cmrbench``'s subparsers."""
+    add_plot_parser(subparsers)
+    add_publish_parser(subparsers)
+
+
+def add_html_option(leaderboard_parser: argparse.ArgumentParser) -> None:
+    """Add ``--html DIR`` to the ``leaderboard`` subcommand: after its JSON and Markdown, write the static page.
+
+    Call it after ``leaderboard_parser.set_defaults(func=...)``: the command's function is wrapped, and the page
+    is rendered when it returns 0. The parser must define ``results_dir`` and ``sort_by``.
+    """
+    inner = leaderboard_parser.get_default("func")
+    if inner is None:
+        raise ValueError("add_html_option: call it after leaderboard_parser.set_defaults(func=...)")
+    leaderboard_parser.add_argument(
+        "--html", type=Path, default=None, metavar="DIR",
+        help="also write a static, self-contained leaderboard page DIR/index.html (sortable table, per-router "
+             "heatmaps and curves; works offline) and DIR/leaderboard.json")
+
+    def with_html(args: argparse.Namespace) -> int:
+        rc = inner(args)
+        if rc == 0 and args.html is not None:
+            from .site import render_site
+            page = render_site(args.results_dir, args.html, sort_by=args.sort_by)
+            print(f"leaderboard page: {page}")
+        return rc
+
+    leaderboard_parser.set_defaults(func=with_html)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cmrbench.leaderboard.cli",
+                                     description="cmrbench plot / publish (also available as `cmrbench plot|publish`)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register_cli(sub)
+    args = parser.parse_args(argv)
+    if os.environ.get("CMRBENCH_DEBUG"):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as err:  # one clear line; CMRBENCH_DEBUG=1 shows the traceback
+        print(f"cmrbench {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
