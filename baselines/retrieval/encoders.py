@@ -1,0 +1,311 @@
+"""Embedding cache and vector search shared by the neural retrieval routers.
+
+Cache
+-----
+An embedding is keyed by (encoder identity, sha256 of the text). The encoder identity is a small dict
+-- the model (its name, or for a local folder the sha256 of its weight / config / tokenizer files), its
+revision, and the settings that change the output (query or document side, pooling, max length...) --
+hashed into a *namespace*. Entries of a namespace are shared by every experience, router and run that
+uses the same encoder, so re-indexing the growing card collection only encodes the new cards, and a
+second run encodes nothing.
+
+Layout, under the cache folder (argument ``cache_dir``, else ``$CMRBENCH_CACHE``, else the platform
+user cache ``.../cmrbench/embeddings``)::
+
+    <namespace sha256[:24]>/meta.json         the identity dict, for people
+    <namespace sha256[:24]>/index.jsonl       one line per shard: {"shard": file, "keys": [text sha256...]}
+    <namespace sha256[:24]>/<uuid>.npy        dense float32 rows (or .npz: a scipy CSR matrix)
+    fingerprints.json                          memo of model-folder content hashes by (path, size, mtime)
+
+Writes are atomic: a shard is written to a temporary file and renamed into place, then its index line
+is appended with a single ``write`` on an ``O_APPEND`` descriptor; readers skip a torn last line and
+lines whose shard is missing. Concurrent runs may both encode the same text; whichever entry is read
+is the same vector.
+
+Search
+------
+:class:`VectorIndex` scores queries against the card vectors by a matrix product (exact), or with a
+FAISS ``IndexFlatIP`` (also exact, inner product) when the pool is larger than ``faiss_threshold``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "CMRBENCH_CACHE"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model")
+SKIPPED_DIRS = {"onnx", "openvino", ".git", ".cache"}
+SKIPPED_FILES = {"README.md", ".gitattributes"}
+
+
+def default_cache_dir() -> Path:
+    """``$CMRBENCH_CACHE`` if set, else the platform user cache's ``cmrbench/embeddings``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("cmrbench")) / "embeddings"
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------ fingerprints
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_fingerprint(folder: str | Path, memo_file: Path | None = None) -> str:
+    """sha256 over the (relative path, content sha256) of a model folder's weight, config and tokenizer files.
+
+    Content hashes of files are memoised in ``memo_file`` by (absolute path, size, mtime), so a large
+    model is read once per cache folder.
+    """
+    folder = Path(folder).resolve()
+    memo: dict[str, str] = {}
+    if memo_file is not None and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            memo = {}
+    changed = False
+    parts = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if (not path.is_file() or path.name in SKIPPED_FILES or path.suffix not in WEIGHT_SUFFIXES
+                or any(p in SKIPPED_DIRS for p in rel.parts[:-1])):
+            continue
+        st = path.stat()
+        memo_key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        digest = memo.get(memo_key)
+        if digest is None:
+            digest = memo[memo_key] = _sha256_file(path)
+            changed = True
+        parts.append(f"{rel.as_posix()}:{digest}")
+    if not parts:
+        raise FileNotFoundError(f"{folder} holds no model files ({', '.join(WEIGHT_SUFFIXES)})")
+    if changed and memo_file is not None:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(memo_file, lambda fh: fh.write(json.dumps(memo, indent=0, sort_keys=True).encode()))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def model_identity(name_or_path: str | Path, revision: str | None = None,
+                   memo_file: Path | None = None) -> dict[str, str]:
+    """What identifies a model's weights for the cache.
+
+    A local folder: its content fingerprint (the same weights anywhere share entries). A Hub name: the
+    name, plus the content fingerprint of its snapshot when it is in the local Hub cache (looked up
+    offline, never downloaded), else the requested revision (``"unpinned"`` when none was given).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return {"model": "local-folder", "fingerprint": folder_fingerprint(path, memo_file)}
+    name = str(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = Path(snapshot_download(name, revision=revision, local_files_only=True))
+        return {"model": name, "fingerprint": folder_fingerprint(snapshot, memo_file)}
+    except Exception:  # noqa: BLE001 - not in the local Hub cache: identify by name and revision only
+        log.warning("embedding cache: %s is not a local folder nor in the local Hub cache; its entries are keyed by "
+                    "name and revision (%s) only", name, revision or "unpinned")
+        return {"model": name, "revision": revision or "unpinned"}
+
+
+# ------------------------------------------------------------------------------------------- cache
+
+class EmbeddingCache:
+    """A folder of embedding shards, one namespace per encoder identity (see the module docstring)."""
+
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder).expanduser() if folder is not None else default_cache_dir()
+        self._loaded: dict[str, dict[str, tuple[str, int]]] = {}   # namespace -> text key -> (shard, row)
+        self._shards: dict[tuple[str, str], Any] = {}
+        self._index_size: dict[str, int] = {}
+
+    @property
+    def memo_file(self) -> Path:
+        return self.folder / "fingerprints.json"
+
+    def namespace(self, identity: dict[str, Any]) -> str:
+        blob = json.dumps(identity, sort_keys=True, default=str)
+        ns = hashlib.sha256(blob.encode()).hexdigest()[:24]
+        folder = self.folder / ns
+        if not (folder / "meta.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(folder / "meta.json", lambda fh: fh.write(json.dumps(identity, indent=2, sort_keys=True,
+                                                                                default=str).encode()))
+        return ns
+
+    def _entries(self, ns: str) -> dict[str, tuple[str, int]]:
+        index = self.folder / ns / "index.jsonl"
+        size = index.stat().st_size if index.is_file() else 0
+        if self._index_size.get(ns) == size and ns in self._loaded:
+            return self._loaded[ns]
+        entries: dict[str, tuple[str, int]] = {}
+        if size:
+            for line in index.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    shard, keys = rec["shard"], rec["keys"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue                       # a torn or foreign line
+                if not (self.folder / ns / shard).is_file():
+                    continue
+                for row, key in enumerate(keys):
+                    entries.setdefault(key, (shard, row))
+        self._loaded[ns], self._index_size[ns] = entries, size
+        return entries
+
+    def _shard(self, ns: str, shard: str):
+        if (ns, shard) not in self._shards:
+            path = self.folder / ns / shard
+            self._shards[(ns, shard)] = sp.load_npz(path).tocsr() if shard.endswith(".npz") else np.load(path)
+        return self._shards[(ns, shard)]
+
+    def get(self, ns: str, keys: Sequence[str]) -> dict[str, Any]:
+        """The cached rows (1-D arrays or 1-row CSR matrices) of the keys present."""
+        entries = self._entries(ns)
+        return {k: self._shard(ns, entries[k][0])[entries[k][1]] for k in keys if k in entries}
+
+    def put(self, ns: str, keys: Sequence[str], rows: Any) -> None:
+        """Store ``rows`` (a 2-D array or CSR matrix, one row per key) as one new shard."""
+        if not keys:
+            return
+        sparse = sp.issparse(rows)
+        shard = f"{uuid.uuid4().hex}.{'npz' if sparse else 'npy'}"
+        folder = self.folder / ns
+        folder.mkdir(parents=True, exist_ok=True)
+        if sparse:
+            _atomic_write(folder / shard, lambda fh: sp.save_npz(fh, sp.csr_matrix(rows), compressed=False))
+        else:
+            _atomic_write(folder / shard, lambda fh: np.save(fh, np.ascontiguousarray(rows)))
+        line = (json.dumps({"shard": shard, "keys": list(keys)}) + "\n").encode()
+        fd = os.open(folder / "index.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        self._shards[(ns, shard)] = sp.csr_matrix(rows) if sparse else np.ascontiguousarray(rows)
+
+    def encode(self, identity: dict[str, Any], texts: Sequence[str], compute: Callable[[list[str]], Any]) -> Any:
+        """Rows for ``texts`` in order: cached ones read back, the others computed (once per distinct text)."""
+        return cached_encode(self, identity, texts, compute)
+
+
+def cached_encode(cache: EmbeddingCache | None, identity: dict[str, Any], texts: Sequence[str],
+                  compute: Callable[[list[str]], Any]) -> Any:
+    """``compute(texts)`` through ``cache`` (``None``: no cache); dense -> ndarray, sparse -> CSR."""
+    return cached_encode_multi(cache, {"out": identity}, texts, lambda batch: {"out": compute(batch)})["out"]
+
+
+def cached_encode_multi(cache: EmbeddingCache | None, identities: dict[str, dict[str, Any]], texts: Sequence[str],
+                        compute: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
+    """Several outputs of one encoder pass (e.g. BGE-M3 dense + sparse), each in its own namespace.
+
+    ``compute(batch)`` returns ``{output name: rows}``; a text missing from any output's namespace is
+    recomputed (once per distinct text) and stored in all of them.
+    """
+    texts = list(texts)
+    if cache is None:
+        return compute(texts)
+    spaces = {name: cache.namespace(ident) for name, ident in identities.items()}
+    keys = [text_key(t) for t in texts]
+    found = {name: cache.get(ns, keys) for name, ns in spaces.items()}
+    missing: dict[str, str] = {}
+    for k, t in zip(keys, texts):
+        if any(k not in f for f in found.values()):
+            missing.setdefault(k, t)
+    if missing:
+        new = compute(list(missing.values()))
+        for name, ns in spaces.items():
+            cache.put(ns, list(missing), new[name])
+            for i, k in enumerate(missing):
+                found[name][k] = new[name][i]
+    out = {}
+    for name in spaces:
+        rows = [found[name][k] for k in keys]
+        if rows and sp.issparse(rows[0]):
+            out[name] = sp.vstack(rows, format="csr")
+        else:
+            out[name] = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ search
+
+class VectorIndex:
+    """Inner-product search over dense vectors: exact matrix product, or FAISS ``IndexFlatIP`` above a size."""
+
+    def __init__(self, vectors: np.ndarray, faiss_threshold: int = 50_000):
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.uses_faiss = len(self.vectors) > faiss_threshold
+        self._faiss = None
+        if self.uses_faiss:
+            import faiss
+
+            self._faiss = faiss.IndexFlatIP(self.vectors.shape[1])
+            self._faiss.add(self.vectors)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """``[n_queries, n_vectors]`` inner products."""
+        return np.ascontiguousarray(queries, dtype=np.float32) @ self.vectors.T
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` largest inner products per query, best first: ``(scores, indices)``."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        n = min(n, len(self.vectors))
+        if self._faiss is not None:
+            return self._faiss.search(q, n)
+        s = self.scores(q)
+        idx = np.argsort(-s, axis=1, kind="stable")[:, :n]
+        return np.take_along_axis(s, idx, axis=1), idx
+
+
+def make_cache(cache_dir: str | Path | bool | None) -> EmbeddingCache | None:
+    """``None``/``True``: the default folder; a path: that folder; ``False``: no disk cache."""
+    if cache_dir is False:
+        return None
+    return EmbeddingCache(None if cache_dir in (None, True) else cache_dir)
+
+
+def resolve_device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
