@@ -169,9 +169,9 @@ class _Stream:
         return self._benchmark.n_experiences
 
     def __getitem__(self, index: int) -> Experience:
-        if not 0 <= index < len(self):
+        if not -len(self) <= index < len(self):
             raise IndexError(f"train_stream has {len(self)} experiences")
-        return self._benchmark.experience(index + 1)
+        return self._benchmark.experience(index % len(self) + 1)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
