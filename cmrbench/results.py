@@ -99,6 +99,10 @@ def hardware() -> Hardware:
                     memory_gb=round(psutil.virtual_memory().total / 2 ** 30, 1), accelerator=accel)
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash never leaves a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +110,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary shareable files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
