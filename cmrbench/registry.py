@@ -27,6 +27,19 @@ REGISTRY: dict[str, str] = {
     "dense": "cmrbench.baselines.retrieval.dense:DenseRouter",
     "splade": "cmrbench.baselines.retrieval.splade:SpladeRouter",
     "bge-m3": "cmrbench.baselines.retrieval.bgem3:BGEM3Router",
+    "naive": "cmrbench.baselines.strategies.naive:NaiveRouter",
+    "replay-10": "cmrbench.baselines.strategies.replay:replay_10",
+    "replay-20": "cmrbench.baselines.strategies.replay:replay_20",
+    "cumulative": "cmrbench.baselines.strategies.cumulative:CumulativeRouter",
+    "joint": "cmrbench.baselines.strategies.cumulative:JointRouter",
+    "ewc": "cmrbench.baselines.strategies.ewc:EWCRouter",
+    "lwf": "cmrbench.baselines.strategies.lwf:LwFRouter",
+    "merge-avg": "cmrbench.baselines.strategies.merging:merge_average",
+    "merge-ties": "cmrbench.baselines.strategies.merging:merge_ties",
+    "merge-dare": "cmrbench.baselines.strategies.merging:merge_dare",
+    "gorilla": "cmrbench.baselines.trainable.generative:GenerativeRouter",
+    "carve-10": "cmrbench.baselines.carve.router:carve_10",
+    "carve-20": "cmrbench.baselines.carve.router:carve_20",
 }
 
 

@@ -1,0 +1,14 @@
+"""Trainable routers: text backbone + projection + append-only model registry (paper §4.1 / §5).
+
+- :mod:`.backbone` — encoders (offline MiniLM by default) and decoder LLMs (LoRA via peft), pooling,
+  frozen-layer cache; tiny offline models for tests.
+- :mod:`.registry` — the append-only model registry (ids never re-indexed).
+- :mod:`.training` — :class:`RouterNet` (cosine / tau scoring), the training loop and its hooks
+  (candidate samplers, batch samplers, loss hooks, callbacks).
+- :mod:`.router` — :class:`TrainableRouter`, the protocol implementation every strategy subclasses.
+- :mod:`.replay` — replay buffers with pluggable selection.
+- :mod:`.generative` — the Gorilla-style generative router.
+- :mod:`.config` — per-strategy YAML configurations (``cmrbench/baselines/configs``).
+
+The continual strategies built on it live in :mod:`cmrbench.baselines.strategies`.
+"""

@@ -1,0 +1,279 @@
+"""The trainable embedding router: a ``cmrbench`` router whose continual strategy is a set of hooks.
+
+:class:`TrainableRouter` implements the protocol (``meta``, ``learn``, ``route``, ``save``, ``load``).
+``learn`` runs, for experience t:
+
+1. build the network on first use (backbone + projection + registry; seeded);
+2. take :attr:`previous` = a snapshot of every tracked parameter and the registry size at the end
+   of experience t-1 (what EWC, LwF and CARvE's anchoring compare against);
+3. register the models seen so far (append-only; new rows Xavier-initialised);
+4. :meth:`begin_experience` (hook), :meth:`training_examples` (hook: current data, + replay, + history);
+5. train with :meth:`candidate_sampler`, :meth:`batch_sampler`, :meth:`loss_hooks`, :meth:`callbacks`
+   (hooks) for ``epochs`` epochs;
+6. :meth:`end_experience` (hook: Fisher, replay buffer, merging deltas...).
+
+A strategy subclasses it and overrides hooks only; its state goes through :meth:`extra_state` /
+:meth:`load_extra_state` into checkpoints. Every random choice draws from a generator seeded by
+(seed, experience, purpose), so a run resumed from a checkpoint continues exactly as an unbroken one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+import torch
+
+from cmrbench.data import Experience
+from cmrbench.protocol import Ranking, RouterMeta
+
+from .backbone import ALIASES, MINILM_NAMES, TextBackbone
+from .config import load_config
+from .training import (AllModels, BatchSampler, Callback, CandidateSampler, LossHook, RandomCandidates, RouterNet,
+                       Trainer, seeded_generator, shuffled_batches)
+
+VERSION = "1"
+log = logging.getLogger("cmrbench.trainable")
+EXAMPLE_COLUMNS = ["prompt_id", "prompt", "model_id", "family", "domain", "category", "task"]
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool = True):
+    """torch.use_deterministic_algorithms for the duration (warn-only where an op has no such kernel)."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=before_warn)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports (e.g. the unused pooler of sentence-transformers checkpoints)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
+def examples_from(frame: pl.DataFrame, experience: int, *, replay: bool = False, weight: float = 1.0) -> pl.DataFrame:
+    """Learner rows -> training examples (adds ``experience``, ``replay`` and ``weight`` columns)."""
+    cols = [c for c in EXAMPLE_COLUMNS if c in frame.columns]
+    return frame.select(cols).with_columns(pl.lit(experience, dtype=pl.Int32).alias("experience"),
+                                           pl.lit(replay).alias("replay"),
+                                           pl.lit(weight, dtype=pl.Float32).alias("weight"))
+
+
+def backbone_label(name: str) -> str:
+    """A readable backbone name for metadata (never a local path of the machine that ran it)."""
+    if str(name).lower() in MINILM_NAMES:
+        return "sentence-transformers/all-MiniLM-L6-v2 (offline copy)"
+    resolved = ALIASES.get(str(name).lower(), str(name))
+    return Path(resolved).name if Path(resolved).is_absolute() else resolved
+
+
+@dataclass
+class Snapshot:
+    """The router as it was at the end of an experience."""
+
+    experience: int
+    n_models: int                         # registry rows that existed then (old rows are [0, n_models))
+    params: dict[str, torch.Tensor]       # tracked parameter name -> detached copy
+
+
+class TrainableRouter:
+    """Text backbone + projection + append-only registry, trained on each experience in turn.
+
+    ``seed`` fixes everything; ``config`` names a YAML file layered over the strategy's; any other
+    keyword overrides one configuration key (``--router-arg epochs=1``).
+    """
+
+    config_name = "naive"
+    description = "sequential fine-tuning of an embedding router (no protection against forgetting)"
+
+    def __init__(self, seed: int = 0, config: str | None = None, name: str | None = None, **overrides: Any):
+        self.cfg = load_config(self.config_name, config, overrides)
+        self.seed = int(seed)
+        params = dict(self.cfg)
+        params["seed"] = self.seed
+        self.meta = RouterMeta(name=name or self.cfg.get("name") or self.config_name, version=VERSION,
+                               description=self.description, parameters=params, zero_shot=False,
+                               reference="https://arxiv.org/abs/2605.28577",
+                               training_data=[f"pre-trained backbone {backbone_label(self.cfg['backbone'])}"])
+        self.net: RouterNet | None = None
+        self.base: dict[str, torch.Tensor] | None = None   # tracked parameters right after building
+        self.previous: Snapshot | None = None
+        self.finished = 0
+        self.n_experiences: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------------ building
+
+    def build_backbone(self) -> TextBackbone:
+        c = self.cfg
+        with quiet_transformers():
+            return TextBackbone(c["backbone"], kind=c["backbone_kind"], pooling=c["pooling"], max_seq_len=c["max_seq_len"],
+                                prompt_template=c["prompt_template"], freeze_layers=c["freeze_layers"],
+                                cache_frozen=c["cache_frozen"], cache_dtype=c["cache_dtype"], lora=c["lora"],
+                                lora_r=c["lora_r"], lora_alpha=c["lora_alpha"], lora_dropout=c["lora_dropout"],
+                                lora_targets=c["lora_targets"], dtype=c["dtype"],
+                                gradient_checkpointing=c["gradient_checkpointing"], device=c["device"],
+                                cache_batch_size=c["eval_batch_size"])
+
+    def ensure_net(self) -> RouterNet:
+        if self.net is None:
+            torch.manual_seed(self.seed)            # LoRA initialisation draws from the global generator
+            self.net = RouterNet(self.build_backbone(), self.cfg["dim"], self.cfg["tau"], self.seed)
+            self.base = self.net.snapshot()
+        return self.net
+
+    # ------------------------------------------------------------------------------------ hooks
+
+    def begin_experience(self, experience: Experience, current: pl.DataFrame) -> None:
+        """Before training on ``experience`` (registry already extended)."""
+
+    def training_examples(self, experience: Experience, current: pl.DataFrame) -> pl.DataFrame:
+        """What to train on: by default this experience's examples only."""
+        return current
+
+    def candidate_sampler(self, experience: Experience) -> CandidateSampler:
+        if self.cfg["candidates"] == "all":
+            return AllModels()
+        if self.cfg["candidates"] == "sampled":
+            return RandomCandidates(self.cfg["num_candidates"], self.seed * 1000 + experience.current_experience)
+        raise ValueError(f"candidates must be 'all' or 'sampled', not {self.cfg['candidates']!r}")
+
+    def batch_sampler(self, experience: Experience) -> BatchSampler:
+        return shuffled_batches(self.cfg["batch_size"])
+
+    def loss_hooks(self, experience: Experience) -> list[LossHook]:
+        return []
+
+    def callbacks(self, experience: Experience) -> list[Callback]:
+        return []
+
+    def epochs(self, experience: Experience) -> int:
+        return int(self.cfg["epochs"])
+
+    def make_trainer(self, experience: Experience) -> Trainer:
+        c = self.cfg
+        return Trainer(self.ensure_net(), lr_backbone=c["lr_backbone"], lr_projection=c["lr_projection"],
+                       lr_registry=c["lr_registry"], weight_decay=c["weight_decay"], warmup_steps=c["warmup_steps"],
+                       grad_clip=c["grad_clip"], schedule=c["schedule"])
+
+    def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame) -> None:
+        """After training on ``experience``."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Strategy state for checkpoints: {"tensors": {name: Tensor}, "frames": {name: DataFrame}, "json": {...}}."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    # ------------------------------------------------------------------------------------ protocol
+
+    def current_examples(self, experience: Experience) -> pl.DataFrame:
+        t = experience.current_experience
+        frames = [experience.train]
+        if self.cfg["train_on_validation"]:
+            frames.append(experience.validation)
+        return examples_from(pl.concat(frames, how="vertical_relaxed"), t)
+
+    def learn(self, experience: Experience) -> None:
+        with deterministic(self.cfg["deterministic"]):
+            t = experience.current_experience
+            self.n_experiences = experience.n_experiences
+            net = self.ensure_net()
+            torch.manual_seed(self.seed * 1000 + t)   # dropout
+            self.previous = (Snapshot(self.finished, len(net.registry), net.snapshot()) if self.finished else None)
+            net.registry.extend(sorted(experience.classes_seen_so_far), experience=t,
+                                generator=seeded_generator(self.seed, t, 3))
+            current = self.current_examples(experience)
+            self.begin_experience(experience, current)
+            examples = self.training_examples(experience, current)
+            start = time.perf_counter()
+            trainer = self.make_trainer(experience)
+            stats = trainer.fit(examples, epochs=self.epochs(experience), batches=self.batch_sampler(experience),
+                                seed=self.seed * 1000 + t, sampler=self.candidate_sampler(experience),
+                                losses=self.loss_hooks(experience), callbacks=self.callbacks(experience),
+                                log=lambda msg: log.info("%s, experience %d: %s", self.meta.name, t, msg))
+            self.end_experience(experience, current, examples)
+            self.finished = t
+            self.history.append({"experience": t, **stats.as_dict(),
+                                 "seconds_total": round(time.perf_counter() - start, 3)})
+
+    def route(self, prompts: Sequence[str], top_k: int) -> list[Ranking]:
+        net = self.ensure_net()
+        if len(net.registry) == 0:
+            raise RuntimeError("route() before learn(): no model is registered yet")
+        with deterministic(self.cfg["deterministic"]):
+            z = net.encode(list(prompts), self.cfg["eval_batch_size"])
+            with torch.no_grad():
+                scores = net.logits(z).float().cpu()
+        k = min(top_k, scores.shape[1])
+        values, index = torch.sort(scores, dim=1, descending=True, stable=True)
+        ids = net.registry.ids
+        return [[(ids[i], float(v)) for i, v in zip(row_i[:k].tolist(), row_v[:k].tolist())]
+                for row_i, row_v in zip(index, values)]
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        net = self.ensure_net()
+        torch.save({n: p.detach().cpu() for n, p in net.tracked_parameters().items()}, folder / "weights.pt")
+        extra = self.extra_state()
+        torch.save(extra.get("tensors", {}), folder / "strategy.pt")
+        for name, frame in extra.get("frames", {}).items():
+            frame.write_parquet(folder / f"{name}.parquet")
+        info = {"router": self.meta.name, "strategy": self.config_name, "version": VERSION, "seed": self.seed,
+                "config": self.cfg, "finished": self.finished, "n_experiences": self.n_experiences,
+                "registry": net.registry.state(), "history": self.history,
+                "frames": sorted(extra.get("frames", {})), "json": extra.get("json", {})}
+        tmp = folder / "router.json.tmp"
+        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+        tmp.replace(folder / "router.json")
+
+    def load(self, folder: Path) -> None:
+        folder = Path(folder)
+        info = json.loads((folder / "router.json").read_text())
+        if info["strategy"] != self.config_name:
+            raise ValueError(f"{folder} holds a '{info['strategy']}' router, not '{self.config_name}'")
+        self.cfg = info["config"]
+        self.seed = int(info["seed"])
+        self.net = None
+        net = self.ensure_net()
+        net.registry.resize_to(info["registry"]["ids"], info["registry"]["first_experience"])
+        net.to(net.device)
+        net.load_tracked(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+        self.finished = int(info["finished"])
+        self.n_experiences = info.get("n_experiences")
+        self.history = list(info.get("history", []))
+        self.previous = None
+        frames = {name: pl.read_parquet(folder / f"{name}.parquet") for name in info.get("frames", [])}
+        self.load_extra_state({"tensors": torch.load(folder / "strategy.pt", map_location="cpu", weights_only=True),
+                               "frames": frames, "json": info.get("json", {})})

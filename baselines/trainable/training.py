@@ -1,0 +1,334 @@
+"""The router network and its training loop, with the hooks the continual strategies (and CARvE) use.
+
+Scoring (paper §4.1): z(q) = normalise(W h(q)), e(m) = normalise(v(m)), s(q, m) = z.e / tau.
+
+One call of :meth:`Trainer.fit` trains on a table of examples for a number of epochs. What changes
+between strategies plugs in from outside:
+
+- ``sampler`` (:class:`CandidateSampler`): which registry rows each example is scored against —
+  every registered model (:class:`AllModels`, the default) or a sampled candidate set with the
+  positive first (:class:`RandomCandidates`; CARvE plugs in hard / semantic / far negatives). A
+  sampler may return soft targets (a probability row per example).
+- ``batches`` (:data:`BatchSampler`): the order and grouping of examples per epoch (default: a seeded
+  shuffle; CARvE plugs in domain-aware batches).
+- ``losses`` (:class:`LossHook`): extra terms added to the routing loss at each step (EWC penalty, LwF
+  distillation, CARvE anchoring), each seeing the step context.
+- ``callbacks`` (:class:`Callback`): called before every optimiser step with the trainer, which exposes
+  ``set_trainable(group, flag)``, ``base_lr`` and per-example ``weight`` (CARvE's two-phase schedule
+  and replay up-weighting).
+
+Examples are a polars frame with at least ``prompt`` and ``model_id``; ``weight`` (default 1) scales
+an example's routing loss, and any other column (domain, family, experience, replay...) travels with
+the batch for samplers and hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import TextBackbone
+from .registry import ModelRegistry
+
+GROUPS = ("backbone", "projection", "registry")
+
+
+def seeded_generator(*parts: int) -> torch.Generator:
+    """A torch generator seeded from integers (seed, experience, purpose...)."""
+    value = 0
+    for p in parts:
+        value = (value * 1_000_003 + int(p)) % (2 ** 63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+class RouterNet(nn.Module):
+    """Backbone + bias-free projection to ``dim`` + model registry; scores are cosine / tau."""
+
+    def __init__(self, backbone: TextBackbone, dim: int, tau: float, seed: int):
+        super().__init__()
+        self.backbone = backbone
+        self.tau = float(tau)
+        self.projection = nn.Linear(backbone.hidden_size, int(dim), bias=False)
+        with torch.no_grad():
+            fan_in, fan_out = backbone.hidden_size, int(dim)
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            w = (torch.rand(fan_out, fan_in, generator=seeded_generator(seed, 7)) * 2 - 1) * bound
+            self.projection.weight.copy_(w)
+        self.registry = ModelRegistry(dim)
+        self.to(backbone.device_)
+        # parameters that may ever change (saved in checkpoints, snapshotted, regularised)
+        self.tracked = [n for n, p in self.named_parameters() if p.requires_grad]
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device_
+
+    def group_of(self, name: str) -> str:
+        if name.startswith("projection."):
+            return "projection"
+        if name.startswith("registry."):
+            return "registry"
+        return "backbone"
+
+    def tracked_parameters(self) -> dict[str, nn.Parameter]:
+        params = dict(self.named_parameters())
+        return {n: params[n] for n in self.tracked}
+
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        """z(q): (B, dim), unit norm."""
+        return F.normalize(self.projection(self.backbone(prompts)), dim=-1)
+
+    def logits(self, z: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores over every registry row (``index`` None) or over each example's candidates (B, K)."""
+        e = self.registry.normalized()
+        if index is None:
+            return z @ e.T / self.tau
+        return torch.einsum("bd,bkd->bk", z, e[index]) / self.tau
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A detached copy of every tracked parameter (the state to anchor to / distil from)."""
+        return {n: p.detach().clone() for n, p in self.tracked_parameters().items()}
+
+    def load_tracked(self, state: dict[str, torch.Tensor]) -> None:
+        params = self.tracked_parameters()
+        missing = sorted(set(params) - set(state))
+        if missing:
+            raise KeyError(f"checkpoint lacks parameters {missing[:5]}")
+        with torch.no_grad():
+            for n, p in params.items():
+                value = state[n]
+                if value.shape != p.shape:
+                    raise ValueError(f"parameter {n}: checkpoint shape {tuple(value.shape)} != {tuple(p.shape)}")
+                p.copy_(value.to(p.device, p.dtype))
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """z for many prompts in eval mode (no grad)."""
+        was = self.training
+        self.eval()
+        try:
+            self.backbone.warm_cache(prompts)
+            out = [self.embed(prompts[lo:lo + batch_size]) for lo in range(0, len(prompts), batch_size)]
+        finally:
+            self.train(was)
+        return torch.cat(out) if out else torch.zeros(0, self.registry.dim, device=self.device)
+
+
+# ------------------------------------------------------------------------------------ candidate sets
+
+@dataclass
+class CandidateSet:
+    """What each example of a batch is scored against.
+
+    ``index`` (B, K) registry rows, or None for every registered row. ``target``: (B,) long class
+    positions (into ``index``'s columns, or registry rows when ``index`` is None) or (B, K | N) float
+    probability rows (soft targets).
+    """
+
+    index: torch.Tensor | None
+    target: torch.Tensor
+
+
+class CandidateSampler(Protocol):
+    def __call__(self, batch: "Batch", net: RouterNet, step: int) -> CandidateSet: ...
+
+
+class AllModels:
+    """Cross-entropy over every registered model (the registry holds exactly the models seen so far)."""
+
+    def __call__(self, batch: "Batch", net: RouterNet, step: int) -> CandidateSet:
+        return CandidateSet(None, batch.targets)
+
+
+class RandomCandidates:
+    """The positive at column 0 plus ``k - 1`` distinct uniformly drawn other registered models."""
+
+    def __init__(self, k: int, seed: int):
+        self.k = int(k)
+        self.generator = seeded_generator(seed, 11)
+
+    def __call__(self, batch: "Batch", net: RouterNet, step: int) -> CandidateSet:
+        n = len(net.registry)
+        k = min(self.k, n)
+        rows = []
+        for gold in batch.targets.tolist():
+            perm = torch.randperm(n, generator=self.generator)
+            negatives = perm[perm != gold][:k - 1]
+            rows.append(torch.cat([torch.tensor([gold]), negatives]))
+        index = torch.stack(rows).to(net.device)
+        return CandidateSet(index, torch.zeros(len(rows), dtype=torch.long, device=net.device))
+
+
+# ------------------------------------------------------------------------------------ batches and hooks
+
+@dataclass
+class Batch:
+    rows: list[int]                 # positions in the examples frame
+    frame: pl.DataFrame             # the examples' rows (every column)
+    prompts: list[str]
+    targets: torch.Tensor           # (B,) registry rows of the gold models
+    weights: torch.Tensor           # (B,) per-example weights of the routing loss
+
+
+BatchSampler = Callable[[pl.DataFrame, int, torch.Generator], list[list[int]]]
+
+
+def shuffled_batches(batch_size: int) -> BatchSampler:
+    """Default: a seeded permutation of the examples, cut into batches."""
+    def make(examples: pl.DataFrame, epoch: int, generator: torch.Generator) -> list[list[int]]:
+        order = torch.randperm(examples.height, generator=generator).tolist()
+        return [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
+    return make
+
+
+@dataclass
+class StepContext:
+    net: RouterNet
+    batch: Batch
+    z: torch.Tensor                 # (B, dim) query embeddings
+    logits: torch.Tensor            # (B, K) or (B, N)
+    candidates: CandidateSet
+    step: int
+    total_steps: int
+    trainer: "Trainer"
+
+
+class LossHook(Protocol):
+    """An extra loss term; ``name`` labels it in the training log."""
+
+    name: str
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor | None: ...
+
+
+class Callback(Protocol):
+    def __call__(self, trainer: "Trainer", step: int, total_steps: int) -> None: ...
+
+
+def routing_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean cross-entropy (hard or soft targets)."""
+    per = F.cross_entropy(logits, target, reduction="none")
+    return (per * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+# ------------------------------------------------------------------------------------ the trainer
+
+@dataclass
+class FitStats:
+    examples: int = 0
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)   # mean of each term over the last epoch
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"examples": self.examples, "steps": self.steps, "epochs": self.epochs,
+                "seconds": round(self.seconds, 3), "losses": {k: round(v, 6) for k, v in self.losses.items()}}
+
+
+class Trainer:
+    """AdamW with one learning rate per parameter group, linear warm-up then linear decay, grad clipping."""
+
+    def __init__(self, net: RouterNet, *, lr_backbone: float, lr_projection: float, lr_registry: float,
+                 weight_decay: float = 0.0, warmup_steps: int = 0, grad_clip: float | None = 1.0,
+                 schedule: str = "linear"):
+        self.net = net
+        self.base_lr = {"backbone": float(lr_backbone), "projection": float(lr_projection),
+                        "registry": float(lr_registry)}
+        self.weight_decay = float(weight_decay)
+        self.warmup_steps = int(warmup_steps)
+        self.grad_clip = grad_clip
+        self.schedule = schedule
+        self.groups: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
+        for name, p in net.tracked_parameters().items():
+            self.groups[net.group_of(name)].append(p)
+        self.trainable = {g: bool(ps) for g, ps in self.groups.items()}
+        self.optimizer = torch.optim.AdamW(
+            [{"params": ps, "name": g, "lr": self.base_lr[g],
+              "weight_decay": self.weight_decay if g != "registry" else 0.0}
+             for g, ps in self.groups.items() if ps], lr=1e-3)
+        self.extra_weight: Callable[[Batch], torch.Tensor] | None = None
+
+    def set_trainable(self, group: str, flag: bool) -> None:
+        """Freeze / unfreeze a parameter group (a frozen group gets neither gradients nor updates)."""
+        self.trainable[group] = bool(flag)
+        for p in self.groups[group]:
+            p.requires_grad_(bool(flag))
+
+    def _factor(self, step: int, total: int) -> float:
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        rest = max(1, total - self.warmup_steps)
+        return max(0.0, 1.0 - (step - self.warmup_steps) / rest)
+
+    def fit(self, examples: pl.DataFrame, *, epochs: int, batches: BatchSampler, seed: int,
+            sampler: CandidateSampler | None = None, losses: Sequence[LossHook] = (),
+            callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None) -> FitStats:
+        net = self.net
+        sampler = sampler or AllModels()
+        stats = FitStats(examples=examples.height, epochs=epochs)
+        if examples.height == 0 or epochs <= 0:
+            return stats
+        t0 = time.perf_counter()
+        registry_rows = net.registry.rows(examples["model_id"].to_list()).cpu()
+        weights = (examples["weight"].cast(pl.Float32).to_numpy() if "weight" in examples.columns
+                   else np.ones(examples.height, dtype=np.float32))
+        prompts = examples["prompt"].to_list()
+        net.backbone.warm_cache(prompts)
+        plan = [batches(examples, epoch, seeded_generator(seed, 101, epoch)) for epoch in range(epochs)]
+        total = sum(len(p) for p in plan)
+        step = 0
+        net.train()
+        for epoch, epoch_batches in enumerate(plan):
+            sums: dict[str, float] = {}
+            for rows in epoch_batches:
+                for cb in callbacks:
+                    cb(self, step, total)
+                batch = Batch(rows=rows, frame=examples[rows], prompts=[prompts[i] for i in rows],
+                              targets=registry_rows[rows].to(net.device),
+                              weights=torch.as_tensor(weights[rows], device=net.device))
+                if self.extra_weight is not None:
+                    batch.weights = batch.weights * self.extra_weight(batch)
+                factor = self._factor(step, total)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.base_lr[group["name"]] * factor
+                z = net.embed(batch.prompts)
+                cands = sampler(batch, net, step)
+                logits = net.logits(z, cands.index)
+                loss = routing_loss(logits, cands.target, batch.weights)
+                terms = {"route": float(loss.detach())}
+                ctx = StepContext(net, batch, z, logits, cands, step, total, self)
+                for hook in losses:
+                    extra = hook(ctx)
+                    if extra is not None:
+                        loss = loss + extra
+                        terms[hook.name] = float(extra.detach())
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                live = [p for g, ps in self.groups.items() if self.trainable[g] for p in ps if p.grad is not None]
+                if self.grad_clip and live:
+                    torch.nn.utils.clip_grad_norm_(live, float(self.grad_clip))
+                self.optimizer.step()   # frozen groups have no .grad, so AdamW leaves them untouched
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                step += 1
+            stats.losses = {k: v / max(1, len(epoch_batches)) for k, v in sums.items()}
+            if log:
+                log(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in stats.losses.items()))
+        for group, params in self.groups.items():
+            if params:
+                self.set_trainable(group, True)
+        net.eval()
+        stats.steps = step
+        stats.seconds = time.perf_counter() - t0
+        return stats

@@ -1,0 +1,114 @@
+"""Time and memory of the trainable routers on the full CMRBench stream (target: <= 15 min per strategy).
+
+    python benchmarks/bench_trainable.py --data DIR [--strategies naive replay-10 ...] [--router-arg k=v ...]
+
+Each strategy runs in its own process (``cmrbench.evaluate.evaluate`` on the built folder, seed 0), so
+its peak RSS is its own. Results are merged into ``benchmarks/out/trainable.json`` (one entry per
+strategy, rewritten when a strategy is run again): wall time, learn / route seconds per experience,
+peak RSS, the M / F / D final average accuracy and D forgetting, the load average of the machine
+before and after (other processes on a 2-core machine slow a run down), and the router parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STRATEGIES = {
+    "naive": "cmrbench.baselines.strategies.naive:NaiveRouter",
+    "replay-10": "cmrbench.baselines.strategies.replay:replay_10",
+    "replay-20": "cmrbench.baselines.strategies.replay:replay_20",
+    "cumulative": "cmrbench.baselines.strategies.cumulative:CumulativeRouter",
+    "joint": "cmrbench.baselines.strategies.cumulative:JointRouter",
+    "ewc": "cmrbench.baselines.strategies.ewc:EWCRouter",
+    "lwf": "cmrbench.baselines.strategies.lwf:LwFRouter",
+    "merge-avg": "cmrbench.baselines.strategies.merging:merge_average",
+    "merge-ties": "cmrbench.baselines.strategies.merging:merge_ties",
+    "merge-dare": "cmrbench.baselines.strategies.merging:merge_dare",
+}
+OUT = Path(__file__).resolve().parent / "out" / "trainable.json"
+BUDGET_S = 15 * 60
+
+
+def worker(args: argparse.Namespace) -> None:
+    from cmrbench.data import Benchmark
+    from cmrbench.evaluate import evaluate
+    from cmrbench.registry import load_router, parse_router_args
+
+    import torch
+
+    t0 = time.perf_counter()
+    router = load_router(STRATEGIES[args.worker], parse_router_args(args.router_arg or []), seed=args.seed)
+    res = evaluate(router, Benchmark(args.data), args.runs, seed=args.seed, progress=False)
+    wall = time.perf_counter() - t0
+    summary = {lv: {"final_average_accuracy": round(100 * s.final_average_accuracy, 2),
+                    "forgetting": None if s.forgetting is None else round(100 * s.forgetting, 2)}
+               for lv, s in res.summary.items()}
+    row = {
+        "strategy": args.worker, "router": STRATEGIES[args.worker], "wall_seconds": round(wall, 1),
+        "within_budget": wall <= BUDGET_S,
+        "learn_seconds": [round(x, 1) for x in res.timings.learn_seconds],
+        "route_seconds": [round(x, 1) for x in res.timings.route_seconds],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "M_acc": summary["model"]["final_average_accuracy"], "F_acc": summary["family"]["final_average_accuracy"],
+        "D_acc": summary["domain"]["final_average_accuracy"], "D_fgt": summary["domain"]["forgetting"],
+        "M_fgt": summary["model"]["forgetting"],
+        "D_acc_matrix": [[None if x is None else round(100 * x, 1) for x in row] for row in
+                         res.matrices["domain"]["acc@1"]],
+        "M_acc_matrix": [[None if x is None else round(100 * x, 1) for x in row] for row in
+                         res.matrices["model"]["acc@1"]],
+        "torch_threads": torch.get_num_threads(), "router_args": args.router_arg or [],
+        "parameters": router.meta.parameters,
+        "training": getattr(router, "history", None),
+    }
+    Path(args.result).write_text(json.dumps(row, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="a built CMRBench folder (cmrbench build --out DIR)")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--router-arg", action="append", help="key=value passed to every router")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--runs", type=Path, default=None, help="where results JSON go (default: a temp folder)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    runs = args.runs or Path(tempfile.mkdtemp(prefix="cmrbench-trainable-"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.strategies:
+        result = runs / f"{name}.bench.json"
+        cmd = [sys.executable, __file__, "--worker", name, "--data", str(args.data), "--runs", str(runs / name),
+               "--result", str(result), "--seed", str(args.seed)]
+        for pair in args.router_arg or []:
+            cmd += ["--router-arg", pair]
+        load_before = os.getloadavg()
+        print(f"[bench] {name} ...", flush=True)
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            print(f"[bench] {name} failed with exit code {proc.returncode}", flush=True)
+            continue
+        row = json.loads(result.read_text())
+        row["load_average_before"] = [round(x, 2) for x in load_before]
+        row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        existing = json.loads(args.out.read_text()) if args.out.exists() else {}
+        existing.setdefault("machine", {}).update({"cpus": os.cpu_count(), "budget_seconds": BUDGET_S})
+        existing.setdefault("strategies", {})[name] = row
+        args.out.write_text(json.dumps(existing, indent=1) + "\n")
+        print(f"[bench] {name}: {row['wall_seconds']} s, peak RSS {row['peak_rss_mb']} MiB, M {row['M_acc']} "
+              f"F {row['F_acc']} D {row['D_acc']} D-FGT {row['D_fgt']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
