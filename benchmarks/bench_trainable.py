@@ -21,18 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-STRATEGIES = {
-    "naive": "cmrbench.baselines.strategies.naive:NaiveRouter",
-    "replay-10": "cmrbench.baselines.strategies.replay:replay_10",
-    "replay-20": "cmrbench.baselines.strategies.replay:replay_20",
-    "cumulative": "cmrbench.baselines.strategies.cumulative:CumulativeRouter",
-    "joint": "cmrbench.baselines.strategies.cumulative:JointRouter",
-    "ewc": "cmrbench.baselines.strategies.ewc:EWCRouter",
-    "lwf": "cmrbench.baselines.strategies.lwf:LwFRouter",
-    "merge-avg": "cmrbench.baselines.strategies.merging:merge_average",
-    "merge-ties": "cmrbench.baselines.strategies.merging:merge_ties",
-    "merge-dare": "cmrbench.baselines.strategies.merging:merge_dare",
-}
+from cmrbench.registry import REGISTRY
+
+STRATEGIES = {name: REGISTRY[name] for name in ("naive", "replay-10", "replay-20", "cumulative", "joint", "ewc",
+                                               "lwf", "merge-avg", "merge-ties", "merge-dare")}
 OUT = Path(__file__).resolve().parent / "out" / "trainable.json"
 BUDGET_S = 15 * 60
 

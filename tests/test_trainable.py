@@ -32,19 +32,11 @@ from cmrbench.evaluate import evaluate  # noqa: E402
 from cmrbench.protocol import CheckpointableRouter  # noqa: E402
 from cmrbench.synthetic import make_synthetic_hub  # noqa: E402
 
-# registered name -> "module:factory" (the mapping cmrbench.registry.REGISTRY carries)
-STRATEGIES = {
-    "naive": "cmrbench.baselines.strategies.naive:NaiveRouter",
-    "replay-10": "cmrbench.baselines.strategies.replay:replay_10",
-    "replay-20": "cmrbench.baselines.strategies.replay:replay_20",
-    "cumulative": "cmrbench.baselines.strategies.cumulative:CumulativeRouter",
-    "joint": "cmrbench.baselines.strategies.cumulative:JointRouter",
-    "ewc": "cmrbench.baselines.strategies.ewc:EWCRouter",
-    "lwf": "cmrbench.baselines.strategies.lwf:LwFRouter",
-    "merge-avg": "cmrbench.baselines.strategies.merging:merge_average",
-    "merge-ties": "cmrbench.baselines.strategies.merging:merge_ties",
-    "merge-dare": "cmrbench.baselines.strategies.merging:merge_dare",
-}
+# the continual strategies, as registered for `cmrbench evaluate --router NAME`
+from cmrbench.registry import REGISTRY  # noqa: E402
+
+STRATEGIES = {name: REGISTRY[name] for name in ("naive", "replay-10", "replay-20", "cumulative", "joint", "ewc",
+                                               "lwf", "merge-avg", "merge-ties", "merge-dare")}
 
 
 def factory(name: str):
