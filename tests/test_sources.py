@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from cmrbench.sources import GITHUB_RAW_ENV, SOURCES, SourceError, SourceResolver
+from cmrbench.sources import GITHUB_RAW_ENV, SOURCES, SOURCES_ENV, SourceError, SourceResolver
 
 KEY = "apibench/torchhub_api.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def no_mirror(monkeypatch):
+    """These tests exercise downloads: no mirror from the environment (CI sets one)."""
+    monkeypatch.delenv(SOURCES_ENV, raising=False)
 
 
 @pytest.fixture()
