@@ -48,7 +48,8 @@ class Leaderboard(BaseModel):
     entries: list[Entry]
 
 
-def _stat(values: list[float | None]) -> Stat:
+def stat(values: list[float | None]) -> Stat:
+    """Mean and sample std over seeds of the values that exist."""
     vals = [v for v in values if v is not None]
     if not vals:
         return Stat(mean=None, std=None, n=0)
@@ -79,14 +80,14 @@ def build_leaderboard(results_dir: Path, sort_by: str = "domain.final_average_ac
     entries = []
     for (name, version), runs in groups.items():
         runs.sort(key=lambda pr: pr[1].seed)
-        scores = {lv: {f: _stat([getattr(r.summary[lv], f) for _, r in runs]) for f in SUMMARY_FIELDS}
+        scores = {lv: {f: stat([getattr(r.summary[lv], f) for _, r in runs]) for f in SUMMARY_FIELDS}
                   for lv in LEVELS}
         entries.append(Entry(
             router=name, router_version=version, zero_shot=runs[0][1].router.zero_shot,
             reference_row=runs[0][1].router.reference_row, seeds=[r.seed for _, r in runs], scores=scores,
-            learn_seconds_total=_stat([sum(r.timings.learn_seconds) for _, r in runs]),
-            latency_p50_ms=_stat([r.timings.latency_p50_ms for _, r in runs]),
-            peak_rss_mb=_stat([r.timings.peak_rss_mb for _, r in runs]),
+            learn_seconds_total=stat([sum(r.timings.learn_seconds) for _, r in runs]),
+            latency_p50_ms=stat([r.timings.latency_p50_ms for _, r in runs]),
+            peak_rss_mb=stat([r.timings.peak_rss_mb for _, r in runs]),
             files=[str(p.relative_to(results_dir)) for p, _ in runs]))
     key = lambda e: (-(e.scores[level][field].mean if e.scores[level][field].mean is not None else -1e9), e.router)
     (dataset, sha), = datasets

@@ -10,7 +10,6 @@ token. Offline (``HF_HUB_OFFLINE=1``) or without a connection, the command stops
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from typing import Any
 
 from cmrbench.leaderboard.board import Leaderboard
 from cmrbench.results import load_results
+from cmrbench.builders.folder import sha256_file
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -49,14 +49,6 @@ class PublishReport:
     pr_url: str | None
     n_files: int
     n_bytes: int
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _walk(folder: Path) -> list[Path]:
@@ -128,7 +120,7 @@ def plan_upload(dataset: Path | None = None, results: Path | None = None,
             if in_repo in planned:
                 raise PublishError(f"{in_repo} would be uploaded twice (from the dataset and the results folder); "
                                    "use --results-prefix")
-            added[rel] = planned[in_repo] = PlannedFile(in_repo, p, p.stat().st_size, _sha256(p), source)
+            added[rel] = planned[in_repo] = PlannedFile(in_repo, p, p.stat().st_size, sha256_file(p), source)
         return added
 
     if dataset is not None:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmrbench.leaderboard.board import SUMMARY_FIELDS, Entry, Leaderboard, Stat, build_leaderboard
+from cmrbench.leaderboard.board import SUMMARY_FIELDS, Entry, Leaderboard, Stat, build_leaderboard, stat
 from cmrbench.metrics import mean_std
 from cmrbench.results import LEVELS, Results, atomic_write_text, load_results
 
@@ -106,14 +106,6 @@ def _slug(name: str, version: str, taken: set[str]) -> str:
     return slug
 
 
-def _stat(values: list[float | None]) -> Stat:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return Stat(mean=None, std=None, n=0)
-    m, s = mean_std(vals)
-    return Stat(mean=m, std=s, n=len(vals))
-
-
 def collect(results_dir: Path, board: Leaderboard) -> tuple[list[RouterView], dict[str, dict], list[str]]:
     """Router views in board order, the exact reference rows, and notes (e.g. disagreeing reference rows)."""
     results_dir = Path(results_dir)
@@ -129,7 +121,7 @@ def collect(results_dir: Path, board: Leaderboard) -> tuple[list[RouterView], di
             for metric in METRICS:
                 mats = [r.matrices[level][metric] for r in runs if metric in r.matrices.get(level, {})]
                 view.matrices[level][metric], view.matrices_std[level][metric] = mean_matrix(mats)
-            view.forward_transfer[level] = _stat([r.summary[level].forward_transfer for r in runs])
+            view.forward_transfer[level] = stat([r.summary[level].forward_transfer for r in runs])
         views.append(view)
         for r in runs:
             for name, levels in r.reference_rows.items():
@@ -343,7 +335,7 @@ def _per_experience_table(view: RouterView) -> str:
     T = max(len(r.timings.learn_seconds) for r in view.runs)
 
     def col(get) -> list[Stat]:
-        return [_stat([(get(r)[t] if t < len(get(r)) else None) for r in view.runs]) for t in range(T)]
+        return [stat([(get(r)[t] if t < len(get(r)) else None) for r in view.runs]) for t in range(T)]
 
     learn = col(lambda r: r.timings.learn_seconds)
     route = col(lambda r: r.timings.route_seconds)

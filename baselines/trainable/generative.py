@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from cmrbench.data import Experience
 from cmrbench.protocol import Ranking, RouterMeta
+from cmrbench.results import atomic_write_text
 
 from .backbone import DTYPES, GORILLA_TEMPLATE, load_tokenizer, lora_target_modules, pick_device, resolve_backbone
 from .config import load_config
@@ -287,9 +288,7 @@ class GenerativeRouter:
         info = {"router": self.meta.name, "strategy": self.config_name, "seed": self.seed, "config": self.cfg,
                 "finished": self.finished, "ids": self.ids, "canonical": self.canonical, "history": self.history,
                 "frames": sorted(frames)}
-        tmp = folder / "router.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-        tmp.replace(folder / "router.json")
+        atomic_write_text(folder / "router.json", json.dumps(info, indent=1, sort_keys=True))
 
     def load(self, folder: Path) -> None:
         folder = Path(folder)

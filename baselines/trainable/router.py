@@ -32,6 +32,7 @@ import torch
 
 from cmrbench.data import Experience
 from cmrbench.protocol import Ranking, RouterMeta
+from cmrbench.results import atomic_write_text
 
 from .backbone import ALIASES, MINILM_NAMES, TextBackbone
 from .config import load_config
@@ -254,9 +255,7 @@ class TrainableRouter:
                 "config": self.cfg, "finished": self.finished, "n_experiences": self.n_experiences,
                 "registry": net.registry.state(), "history": self.history,
                 "frames": sorted(extra.get("frames", {})), "json": extra.get("json", {})}
-        tmp = folder / "router.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-        tmp.replace(folder / "router.json")
+        atomic_write_text(folder / "router.json", json.dumps(info, indent=1, sort_keys=True))
 
     def load(self, folder: Path) -> None:
         folder = Path(folder)
