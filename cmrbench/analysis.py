@@ -22,7 +22,7 @@ def _predictions(results: Results, results_path: Path) -> pl.DataFrame:
 
 
 def _benchmark_for(results: Results, data: Path) -> Benchmark:
-    bench = Benchmark(data)
+    bench = Benchmark(data, eval_split=results.dataset.eval_split)
     if bench.manifest_sha256 != results.dataset.manifest_sha256:
         raise ValueError(f"{data} is not the dataset build these results were computed on "
                          f"(manifest sha256 {bench.manifest_sha256[:12]} vs {results.dataset.manifest_sha256[:12]})")

@@ -86,7 +86,7 @@ def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, a
     from .data import Benchmark
     from .evaluate import RunPaths, evaluate
     from .registry import load_router, parse_router_args
-    bench = Benchmark(data)
+    bench = Benchmark(data, eval_split=args.eval_split)
     router = load_router(router_spec, parse_router_args(router_args), seed=args.seed)
     paths = RunPaths.for_run(out, router.meta.name, bench, args.seed)
     if args.overwrite:
@@ -114,6 +114,10 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-unknown-id", choices=["error", "count"], default="error",
                    help="an id outside the models seen so far: stop with an error (default) or score it as a "
                         "hallucination (for generative routers)")
+    p.add_argument("--eval-split", choices=["test", "validation"], default="test",
+                   help="score the test prompts (default) or, for tuning, each experience's validation prompts, "
+                        "which the router then does not see; validation runs are named '...-validation' and kept "
+                        "off leaderboards")
     p.add_argument("--resume", action="store_true", help="continue a run from its last finished experience")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run with the same name")
     _progress_arg(p)

@@ -77,10 +77,22 @@ class Experience:
                 f"models={len(self.classes_in_this_experience)}, seen={len(self.classes_seen_so_far)})")
 
 
-class Benchmark:
-    """A built CMRBench folder (Parquet + manifest), read with polars."""
+EVAL_SPLITS = ("test", "validation")
 
-    def __init__(self, folder: str | Path):
+
+class Benchmark:
+    """A built CMRBench folder (Parquet + manifest), read with polars.
+
+    ``eval_split="validation"`` is the development protocol: routers are scored on each experience's
+    validation prompts, which are then withheld from the learner (its ``validation`` frame is empty), so
+    hyper-parameters can be chosen without looking at the test splits. Such runs carry the split in their
+    name and are refused by the leaderboard.
+    """
+
+    def __init__(self, folder: str | Path, eval_split: str = "test"):
+        if eval_split not in EVAL_SPLITS:
+            raise ValueError(f"eval_split must be one of {EVAL_SPLITS}, not {eval_split!r}")
+        self.eval_split = eval_split
         self.folder = Path(folder).expanduser().resolve()
         path = self.folder / MANIFEST
         if not path.is_file():
@@ -97,7 +109,8 @@ class Benchmark:
 
     @property
     def name(self) -> str:
-        return f"{self.manifest['dataset']}-{self.manifest['dataset_version']}-{self.manifest['stream']}"
+        name = f"{self.manifest['dataset']}-{self.manifest['dataset_version']}-{self.manifest['stream']}"
+        return name if self.eval_split == "test" else f"{name}-{self.eval_split}"
 
     def _read(self, rel: str) -> pl.DataFrame:
         path = self.folder / rel
@@ -146,8 +159,11 @@ class Benchmark:
         }, schema={"model_id": pl.String, "families": pl.List(pl.String), "domains": pl.List(pl.String),
                    "card": pl.String})
         previous = sorted(set().union(set(), *(self.experience_models(k) for k in range(1, t))))
+        validation = self.split(t, "validation").select(LEARNER_COLUMNS)
+        if self.eval_split == "validation":
+            validation = validation.clear()
         return Experience(t, self.n_experiences, self.split(t, "train").select(LEARNER_COLUMNS),
-                          self.split(t, "validation").select(LEARNER_COLUMNS), sorted(self.experience_models(t)),
+                          validation, sorted(self.experience_models(t)),
                           previous, models, self.cards.filter(pl.col("experience") <= t))
 
     @property
@@ -155,8 +171,9 @@ class Benchmark:
         return _Stream(self)
 
     def test_set(self, t: int) -> pl.DataFrame:
-        """The test prompts of experience ``t`` with gold labels: for the evaluator, never the learner."""
-        return self.split(t, "test").select(TEST_COLUMNS).sort("prompt_id")
+        """The scored prompts of experience ``t`` (its ``eval_split``) with gold labels: for the evaluator,
+        never the learner."""
+        return self.split(t, self.eval_split).select(TEST_COLUMNS).sort("prompt_id")
 
 
 class _Stream:

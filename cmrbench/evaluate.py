@@ -347,7 +347,8 @@ def build_results(router: Router, benchmark: Benchmark, predictions: pl.DataFram
         cmrbench_version=__version__,
         dataset=DatasetRef(name=benchmark.manifest["dataset"], version=benchmark.manifest["dataset_version"],
                            stream=benchmark.manifest["stream"], n_experiences=benchmark.n_experiences,
-                           manifest_sha256=benchmark.manifest_sha256, folder=benchmark.folder.name),
+                           manifest_sha256=benchmark.manifest_sha256, folder=benchmark.folder.name,
+                           eval_split=benchmark.eval_split),
         router=router.meta, seed=seed, top_k=top_k, hardware=hardware(),
         status="complete" if finished == benchmark.n_experiences else "partial", finished_experiences=finished,
         matrices={lv: {k: _matrix_json(m) for k, m in per.items()} for lv, per in scores.matrices.items()},
@@ -369,6 +370,9 @@ def _resume_state(router: Router, benchmark: Benchmark, paths: RunPaths, seed: i
     previous = load_results(paths.results)
     if previous.dataset.manifest_sha256 != benchmark.manifest_sha256:
         raise ResumeError(f"{paths.results} was computed on another dataset build; start a new run.")
+    if previous.dataset.eval_split != benchmark.eval_split:
+        raise ResumeError(f"{paths.results} scored the {previous.dataset.eval_split} split, this run the "
+                          f"{benchmark.eval_split} split; start a new run.")
     if (previous.seed, previous.top_k, previous.router.name) != (seed, top_k, router.meta.name):
         raise ResumeError(f"{paths.results}: seed/top_k/router differ from this run; start a new run.")
     done = previous.finished_experiences

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .protocol import RouterMeta
 
-RESULTS_SCHEMA_VERSION = "1.0"
+RESULTS_SCHEMA_VERSION = "1.1"  # 1.1: dataset.eval_split (1.0 files read as test-split runs)
 LEVELS = ("model", "family", "domain")
 KS = (1, 3, 5, 10)
 
@@ -34,6 +34,8 @@ class DatasetRef(_Strict):
     n_experiences: int
     manifest_sha256: str
     folder: str = Field(description="folder name only, never a full path")
+    eval_split: Literal["test", "validation"] = Field(
+        "test", description="the scored split: test, or validation for development runs (never on a leaderboard)")
 
 
 class Hardware(_Strict):
@@ -66,7 +68,7 @@ class Timings(_Strict):
 
 
 class Results(_Strict):
-    schema_version: Literal["1.0"] = RESULTS_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = RESULTS_SCHEMA_VERSION
     cmrbench_version: str
     dataset: DatasetRef
     router: RouterMeta

@@ -70,6 +70,9 @@ def build_leaderboard(results_dir: Path, sort_by: str = "domain.final_average_ac
         results = load_results(path)  # raises naming the file when it does not validate
         if results.status != "complete":
             continue
+        if results.dataset.eval_split != "test":
+            raise ValueError(f"{path} scored the {results.dataset.eval_split} split (a development run); "
+                             "leaderboards rank test-split runs only: move it out of the results folder")
         datasets.add((f"{results.dataset.name}-{results.dataset.version}-{results.dataset.stream}",
                       results.dataset.manifest_sha256))
         groups[(results.router.name, results.router.version)].append((path, results))

@@ -118,6 +118,23 @@ def test_learner_cannot_see_test_or_future(synthetic_hub):
     assert set(exp.train["prompt_id"]).isdisjoint(set(bench.test_set(1)["prompt_id"]))
 
 
+def test_validation_protocol_scores_withheld_validation_prompts(synthetic_hub, tmp_path):
+    from cmrbench.leaderboard.board import build_leaderboard
+    dev = Benchmark(synthetic_hub, eval_split="validation")
+    exp = dev.train_stream[0]
+    scored = dev.test_set(1)
+    assert exp.validation.height == 0 and scored.height > 0
+    assert set(scored["prompt_id"]) == set(Benchmark(synthetic_hub).train_stream[0].validation["prompt_id"])
+    assert set(scored["prompt_id"]).isdisjoint(exp.train["prompt_id"])
+    res = evaluate(KeywordRouter(), dev, tmp_path, progress=False)
+    assert res.dataset.eval_split == "validation" and dev.name.endswith("-validation")
+    assert len(list(tmp_path.glob("*-validation__seed0.json"))) == 1
+    with pytest.raises(ValueError, match="validation split .*leaderboards rank test-split runs only"):
+        build_leaderboard(tmp_path)
+    with pytest.raises(ValueError, match="eval_split must be one of"):
+        Benchmark(synthetic_hub, eval_split="train")
+
+
 @pytest.mark.parametrize("mode, message", [
     ("learn-raises", "learn\\(\\) raised ValueError: boom in learn"),
     ("route-raises", "route\\(\\) raised RuntimeError: boom in route"),
