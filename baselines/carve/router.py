@@ -238,7 +238,9 @@ class CarveRouter(ReplayRouter):
         self.training_frame = frame
         return frame
 
-    def candidate_sampler(self, experience: Experience) -> CarveCandidates:
+    def candidate_sampler(self, experience: Experience):
+        if self.cfg["candidates"] != "carve":  # ablation: every registered model, or uniform random negatives
+            return super().candidate_sampler(experience)
         net = self.ensure_net()
         domains = [self.model_domain.get(m, "unknown") for m in net.registry.ids]
         index = ModelIndex(domains, {d: _category(d) for d in set(domains)})
@@ -247,6 +249,8 @@ class CarveRouter(ReplayRouter):
 
     def batch_sampler(self, experience: Experience):
         size, per_batch = self.cfg["batch_size"], self.cfg["domains_per_batch"]
+        if per_batch <= 0:  # ablation: plain shuffled batches
+            return super().batch_sampler(experience)
 
         def make(examples: pl.DataFrame, epoch: int, generator: torch.Generator) -> list[list[int]]:
             rng = np.random.default_rng(int(torch.randint(0, 2 ** 31, (1,), generator=generator)))
