@@ -36,7 +36,8 @@ def test_same_seed_same_predictions(bench, tmp_path):
 
 @pytest.mark.parametrize("ablation", [dict(anchoring="none"), dict(anchoring="embedding"),
                                       dict(anchoring="projection", replay_selection="random"),
-                                      dict(init="card", replay_selection="herding", two_phase=False)])
+                                      dict(init="card", replay_selection="herding", two_phase=False),
+                                      dict(candidates="all", domains_per_batch=0)])
 def test_ablations_run(bench, tmp_path, ablation):
     res = evaluate(carve_10(seed=0, **{**TINY, **ablation}), bench, tmp_path, progress=False)
     assert res.status == "complete"
@@ -67,3 +68,19 @@ def test_phase_one_freezes_the_backbone_and_boosts_replay(bench):
 def test_unknown_anchoring_is_rejected():
     with pytest.raises(ValueError, match="anchoring must be one of"):
         CarveRouter(anchoring="sometimes")
+
+
+def test_candidate_and_batch_switches(bench):
+    from cmrbench.baselines.carve.router import CarveCandidates
+    from cmrbench.baselines.trainable.training import AllModels, shuffled_batches
+    exp = bench.train_stream[0]
+    router = carve_10(seed=0, **TINY)
+    router.learn(exp)
+    assert isinstance(router.candidate_sampler(exp), CarveCandidates)
+    plain = carve_10(seed=0, **{**TINY, "candidates": "all", "domains_per_batch": 0})
+    plain.learn(exp)
+    assert isinstance(plain.candidate_sampler(exp), AllModels)
+    frame = plain.training_frame
+    plain_batches = plain.batch_sampler(exp)(frame, 0, torch.Generator().manual_seed(0))
+    assert plain_batches == shuffled_batches(TINY["batch_size"])(frame, 0, torch.Generator().manual_seed(0))
+    assert router.batch_sampler(exp)(frame, 0, torch.Generator().manual_seed(0)) != plain_batches
