@@ -7,6 +7,7 @@ its peak RSS is its own. Results are merged into ``benchmarks/out/trainable.json
 strategy, rewritten when a strategy is run again): wall time, learn / route seconds per experience,
 peak RSS, the M / F / D final average accuracy and D forgetting, the load average of the machine
 before and after (other processes on a 2-core machine slow a run down), and the router parameters.
+``--flops`` also counts the training FLOPs of every experience (see :func:`count_learn_flops`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from cmrbench.registry import REGISTRY
 
 STRATEGIES = {name: REGISTRY[name] for name in ("naive", "replay-10", "replay-20", "cumulative", "joint", "ewc",
-                                               "lwf", "merge-avg", "merge-ties", "merge-dare")}
+                                               "lwf", "merge-avg", "merge-ties", "merge-dare", "carve-10", "carve-20")}
 OUT = Path(__file__).resolve().parent / "out" / "trainable.json"
 BUDGET_S = 15 * 60
 
@@ -38,13 +39,16 @@ def worker(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     router = load_router(STRATEGIES[args.worker], parse_router_args(args.router_arg or []), seed=args.seed)
-    res = evaluate(router, Benchmark(args.data), args.runs, seed=args.seed, progress=False)
+    flops: list[int] = []
+    if args.flops:
+        count_learn_flops(router, flops)
+    res = evaluate(router, Benchmark(args.data, eval_split=args.eval_split), args.runs, seed=args.seed, progress=False)
     wall = time.perf_counter() - t0
     summary = {lv: {"final_average_accuracy": round(100 * s.final_average_accuracy, 2),
                     "forgetting": None if s.forgetting is None else round(100 * s.forgetting, 2)}
                for lv, s in res.summary.items()}
     row = {
-        "strategy": args.worker, "router": STRATEGIES[args.worker], "wall_seconds": round(wall, 1),
+        "strategy": args.worker, "router": STRATEGIES[args.worker], "eval_split": args.eval_split, "wall_seconds": round(wall, 1),
         "within_budget": wall <= BUDGET_S,
         "learn_seconds": [round(x, 1) for x in res.timings.learn_seconds],
         "route_seconds": [round(x, 1) for x in res.timings.route_seconds],
@@ -60,7 +64,56 @@ def worker(args: argparse.Namespace) -> None:
         "parameters": router.meta.parameters,
         "training": getattr(router, "history", None),
     }
+    if args.flops:
+        row["learn_flops"] = flops
+        row["learn_tflops_total"] = round(sum(flops) / 1e12, 3)
     Path(args.result).write_text(json.dumps(row, indent=1))
+
+
+def count_learn_flops(router, into: list[int]) -> None:
+    """Wrap ``router.learn`` so that the FLOPs of each experience's training (forward, backward, frozen-layer
+    caching, hard-negative mining, replay selection: every matmul / attention torch runs) land in ``into``.
+    Counting slows training down: wall times of a counted run are not comparable with plain runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    learn = router.learn
+
+    def counted(experience):
+        with FlopCounterMode(display=False) as counter:
+            learn(experience)
+        into.append(int(counter.get_total_flops()))
+    router.learn = counted
+
+
+def run_entry(label: str, strategy: str, router_args: list[str], data: Path, runs: Path, out: Path, seed: int = 0,
+              flops: bool = False, eval_split: str = "test") -> dict | None:
+    """Run one registered strategy in its own process and merge its row into ``out`` under ``label``."""
+    result = runs / f"{label}.bench.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", strategy, "--data", str(data),
+           "--runs", str(runs / label), "--result", str(result), "--seed", str(seed), "--eval-split", eval_split]
+    for pair in router_args:
+        cmd += ["--router-arg", pair]
+    if flops:
+        cmd.append("--flops")
+    load_before = os.getloadavg()
+    print(f"[bench] {label} ...", flush=True)
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        print(f"[bench] {label} failed with exit code {proc.returncode}", flush=True)
+        return None
+    row = json.loads(result.read_text())
+    row["load_average_before"] = [round(x, 2) for x in load_before]
+    row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    existing = json.loads(out.read_text()) if out.exists() else {}
+    existing.setdefault("machine", {}).update({"cpus": os.cpu_count(), "budget_seconds": BUDGET_S})
+    existing.setdefault("strategies", {})[label] = row
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(existing, indent=1) + "\n")
+    tmp.replace(out)
+    print(f"[bench] {label}: {row['wall_seconds']} s, peak RSS {row['peak_rss_mb']} MiB, M {row['M_acc']} "
+          f"F {row['F_acc']} D {row['D_acc']} D-FGT {row['D_fgt']}", flush=True)
+    return row
 
 
 def main() -> None:
@@ -71,6 +124,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--runs", type=Path, default=None, help="where results JSON go (default: a temp folder)")
+    parser.add_argument("--flops", action="store_true",
+                        help="count training FLOPs per experience (torch FlopCounterMode; slows the run down)")
+    parser.add_argument("--eval-split", choices=["test", "validation"], default="test",
+                        help="score test prompts (default) or validation prompts (for tuning; see cmrbench evaluate)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -78,28 +135,8 @@ def main() -> None:
         worker(args)
         return
     runs = args.runs or Path(tempfile.mkdtemp(prefix="cmrbench-trainable-"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.strategies:
-        result = runs / f"{name}.bench.json"
-        cmd = [sys.executable, __file__, "--worker", name, "--data", str(args.data), "--runs", str(runs / name),
-               "--result", str(result), "--seed", str(args.seed)]
-        for pair in args.router_arg or []:
-            cmd += ["--router-arg", pair]
-        load_before = os.getloadavg()
-        print(f"[bench] {name} ...", flush=True)
-        proc = subprocess.run(cmd)
-        if proc.returncode != 0:
-            print(f"[bench] {name} failed with exit code {proc.returncode}", flush=True)
-            continue
-        row = json.loads(result.read_text())
-        row["load_average_before"] = [round(x, 2) for x in load_before]
-        row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-        existing = json.loads(args.out.read_text()) if args.out.exists() else {}
-        existing.setdefault("machine", {}).update({"cpus": os.cpu_count(), "budget_seconds": BUDGET_S})
-        existing.setdefault("strategies", {})[name] = row
-        args.out.write_text(json.dumps(existing, indent=1) + "\n")
-        print(f"[bench] {name}: {row['wall_seconds']} s, peak RSS {row['peak_rss_mb']} MiB, M {row['M_acc']} "
-              f"F {row['F_acc']} D {row['D_acc']} D-FGT {row['D_fgt']}", flush=True)
+        run_entry(name, name, args.router_arg or [], args.data, runs, args.out, args.seed, args.flops, args.eval_split)
 
 
 if __name__ == "__main__":
