@@ -48,7 +48,8 @@ class RouterLoadError(ValueError):
 
 
 def parse_router_args(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` strings -> kwargs; values are parsed as int, float, bool or None when they look so."""
+    """``key=value`` strings -> kwargs; values are parsed as int, float, bool (true / false) or None (null)
+    when they look so, as in the YAML configs; anything else, ``none`` included, stays a string."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -63,7 +64,7 @@ def parse_router_args(pairs: list[str]) -> dict[str, Any]:
                 continue
         if raw.lower() in ("true", "false"):
             value = raw.lower() == "true"
-        elif raw.lower() in ("none", "null"):
+        elif raw.lower() == "null":
             value = None
         out[key.strip().replace("-", "_")] = value
     return out

@@ -79,3 +79,9 @@ def test_every_reproduction_names_a_registered_router():
     for spec in specs.values():
         assert spec.router in REGISTRY, spec.name
         assert spec.command.startswith(f"cmrbench evaluate --router {spec.router}"), spec.name
+
+
+def test_router_args_parse_like_the_yaml_configs():
+    from cmrbench.registry import parse_router_args
+    assert parse_router_args(["anchoring=none", "dim=1024", "tau=0.08", "two-phase=false", "model=null"]) == {
+        "anchoring": "none", "dim": 1024, "tau": 0.08, "two_phase": False, "model": None}
