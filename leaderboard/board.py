@@ -57,6 +57,19 @@ def stat(values: list[float | None]) -> Stat:
     return Stat(mean=m, std=s, n=len(vals))
 
 
+def _same_configuration(name: str, runs: list[tuple[Path, Results]]) -> None:
+    """Seeds of one entry must share every hyper-parameter but the seed, or their mean means nothing."""
+    def config(r: Results) -> dict:
+        return {k: v for k, v in r.router.parameters.items() if k != "seed"}
+    first_path, first = runs[0]
+    for path, other in runs[1:]:
+        if config(other) != config(first):
+            changed = sorted(k for k in config(first).keys() | config(other).keys()
+                             if config(first).get(k) != config(other).get(k))
+            raise ValueError(f"{first_path} and {path} are both '{name}' but differ in {', '.join(changed)}; "
+                             "give one a name of its own (--router-arg name=...) or rank them apart")
+
+
 def build_leaderboard(results_dir: Path, sort_by: str = "domain.final_average_accuracy") -> Leaderboard:
     """Every complete results file under ``results_dir`` (validated), grouped by router name and version."""
     level, _, field = sort_by.partition(".")
@@ -83,6 +96,7 @@ def build_leaderboard(results_dir: Path, sort_by: str = "domain.final_average_ac
     entries = []
     for (name, version), runs in groups.items():
         runs.sort(key=lambda pr: pr[1].seed)
+        _same_configuration(name, runs)
         scores = {lv: {f: stat([getattr(r.summary[lv], f) for _, r in runs]) for f in SUMMARY_FIELDS}
                   for lv in LEVELS}
         entries.append(Entry(

@@ -58,6 +58,18 @@ def test_leaderboard_merges_seeds_and_ranks(runs, tmp_path):
     assert (tmp_path / "lb.md").read_text() == md
 
 
+def test_seeds_with_different_settings_are_not_merged(runs, tmp_path):
+    import shutil
+    for path in runs.glob("random__*seed*"):
+        shutil.copy(path, tmp_path / path.name)
+    one = next(tmp_path.glob("random__*seed1.json"))
+    data = json.loads(one.read_text())
+    data["router"]["parameters"]["candidates"] = "all"
+    one.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="both 'random' but differ in candidates.*--router-arg name="):
+        build_leaderboard(tmp_path)
+
+
 def test_rescore_reproduces_stored_matrices(runs, synthetic_hub):
     path = next(runs.glob("most-frequent__*.json"))
     assert rescore(path, synthetic_hub) == load_results(path).matrices
