@@ -59,14 +59,11 @@ def stat(values: list[float | None]) -> Stat:
 
 def _same_configuration(name: str, runs: list[tuple[Path, Results]]) -> None:
     """Seeds of one entry must share every hyper-parameter but the seed, or their mean means nothing."""
-    def config(r: Results) -> dict:
-        return {k: v for k, v in r.router.parameters.items() if k != "seed"}
-    first_path, first = runs[0]
-    for path, other in runs[1:]:
-        if config(other) != config(first):
-            changed = sorted(k for k in config(first).keys() | config(other).keys()
-                             if config(first).get(k) != config(other).get(k))
-            raise ValueError(f"{first_path} and {path} are both '{name}' but differ in {', '.join(changed)}; "
+    configs = [{k: v for k, v in r.router.parameters.items() if k != "seed"} for _, r in runs]
+    for (path, _), config in zip(runs[1:], configs[1:]):
+        if config != configs[0]:
+            changed = sorted(k for k in configs[0].keys() | config.keys() if configs[0].get(k) != config.get(k))
+            raise ValueError(f"{runs[0][0]} and {path} are both '{name}' but differ in {', '.join(changed)}; "
                              "give one a name of its own (--router-arg name=...) or rank them apart")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from cmrbench.baselines.strategies.replay import ReplayRouter
+from cmrbench.baselines.strategies.replay import ReplayRouter, with_budget
 from cmrbench.baselines.trainable.replay import RandomSelector, Selector
 from cmrbench.baselines.trainable.training import Batch, CandidateSet, RouterNet, StepContext, Trainer
 from cmrbench.builders.taxonomy import UnknownDomainError, category_of
@@ -267,15 +267,5 @@ class CarveRouter(ReplayRouter):
         return [TwoPhase(self)] if self.previous is not None and self.cfg["two_phase"] else []
 
 
-def carve_10(seed: int = 0, **overrides: Any) -> CarveRouter:
-    """CARvE with 10 % structured replay."""
-    overrides.setdefault("replay_fraction", 0.1)
-    overrides.setdefault("name", "carve-10")
-    return CarveRouter(seed=seed, **overrides)
-
-
-def carve_20(seed: int = 0, **overrides: Any) -> CarveRouter:
-    """CARvE with 20 % structured replay."""
-    overrides.setdefault("replay_fraction", 0.2)
-    overrides.setdefault("name", "carve-20")
-    return CarveRouter(seed=seed, **overrides)
+carve_10 = with_budget(CarveRouter, 0.1, "carve-10", "CARvE with 10 % structured replay.")
+carve_20 = with_budget(CarveRouter, 0.2, "carve-20", "CARvE with 20 % structured replay.")

@@ -48,15 +48,16 @@ class ReplayRouter(TrainableRouter):
         self.buffer.load_frames(state.get("frames", {}))
 
 
-def replay_10(seed: int = 0, **overrides: Any) -> ReplayRouter:
-    """Random replay, 10 % of each previous experience's train set."""
-    overrides.setdefault("replay_fraction", 0.1)
-    overrides.setdefault("name", "replay-10")
-    return ReplayRouter(seed=seed, **overrides)
+def with_budget(router_class: type[ReplayRouter], fraction: float, name: str, doc: str):
+    """A registered factory: ``router_class`` with a fixed replay budget and name (both overridable)."""
+    def factory(seed: int = 0, **overrides: Any) -> ReplayRouter:
+        overrides.setdefault("replay_fraction", fraction)
+        overrides.setdefault("name", name)
+        return router_class(seed=seed, **overrides)
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = doc
+    return factory
 
 
-def replay_20(seed: int = 0, **overrides: Any) -> ReplayRouter:
-    """Random replay, 20 % of each previous experience's train set."""
-    overrides.setdefault("replay_fraction", 0.2)
-    overrides.setdefault("name", "replay-20")
-    return ReplayRouter(seed=seed, **overrides)
+replay_10 = with_budget(ReplayRouter, 0.1, "replay-10", "Random replay, 10 % of each previous experience's train set.")
+replay_20 = with_budget(ReplayRouter, 0.2, "replay-20", "Random replay, 20 % of each previous experience's train set.")
