@@ -27,6 +27,8 @@ REGISTRY: dict[str, str] = {
     "dense": "cmrbench.baselines.retrieval.dense:DenseRouter",
     "splade": "cmrbench.baselines.retrieval.splade:SpladeRouter",
     "bge-m3": "cmrbench.baselines.retrieval.bgem3:BGEM3Router",
+    "ncm": "cmrbench.baselines.frozen.ncm:NCMRouter",
+    "ranpac": "cmrbench.baselines.frozen.ranpac:RanPACRouter",
     "naive": "cmrbench.baselines.strategies.naive:NaiveRouter",
     "replay-10": "cmrbench.baselines.strategies.replay:replay_10",
     "replay-20": "cmrbench.baselines.strategies.replay:replay_20",

@@ -37,6 +37,13 @@ from .cardtext import TEMPLATES, card_text
 TIE_RULE = "model id ascending"
 
 
+def top_rankings(scores: np.ndarray, ids: Sequence[str], top_k: int) -> list[Ranking]:
+    """``[n_prompts, n_models]`` scores -> the top ``top_k`` (id, score) per row, best first; equal scores keep
+    column order (``ids`` sorted ascending makes that the tie rule); non-finite scores are left out."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    return [[(ids[i], float(row[i])) for i in idx if np.isfinite(row[i])] for row, idx in zip(scores, order)]
+
+
 class NoCardsError(ValueError):
     """The experience has no model cards to retrieve from."""
 
@@ -180,12 +187,7 @@ class CardRetriever(ABC):
         return models
 
     def _top(self, model_scores: np.ndarray, top_k: int) -> list[Ranking]:
-        # stable sort of the negated scores: equal scores keep index order, i.e. model id ascending
-        order = np.argsort(-model_scores, axis=1, kind="stable")[:, :top_k]
-        out = []
-        for row, idx in zip(model_scores, order):
-            out.append([(self.model_ids[i], float(row[i])) for i in idx if np.isfinite(row[i])])
-        return out
+        return top_rankings(model_scores, self.model_ids, top_k)
 
     def _rank_by_search(self, prompts: list[str], top_k: int, card_mask: np.ndarray | None) -> list[Ranking]:
         """Top-k from a backend that returns only its best cards: widen the search until it is exact."""
