@@ -354,3 +354,39 @@ def test_generative_router_on_a_tiny_causal_lm(hub, tiny_llm, tmp_path):
     # a trained router snaps its outputs: a prompt's answer is a registered id or a reported hallucination
     for ranking in router.route(prompts, 1):
         assert len(ranking) == 1 and isinstance(ranking[0][0], str)
+
+
+# ------------------------------------------------------------------------------------------ initialisation
+
+def test_new_rows_start_as_prototypes_of_their_prompts_and_cards(hub, small):
+    from cmrbench.baselines.retrieval.cardtext import card_text
+
+    exp = Benchmark(hub).train_stream[0]
+    router = NaiveRouter(seed=0, **{**small, "epochs": 0, "card_weight": 0.5})
+    router.learn(exp)
+    net = router.net
+    model_id = exp.train["model_id"][0]
+    prompts = exp.train.filter(pl.col("model_id") == model_id)["prompt"].to_list()
+    prompts += exp.validation.filter(pl.col("model_id") == model_id)["prompt"].to_list()
+    cards = [card_text(c, "description") for c in exp.cards.filter(pl.col("model_id") == model_id)["card"]]
+    z = net.encode(prompts + cards)
+    weights = torch.tensor([1.0] * len(prompts) + [0.5] * len(cards))[:, None]
+    expected = torch.nn.functional.normalize((z * weights).sum(0), dim=0)
+    row = net.registry.weight[net.registry.index[model_id]].detach()
+    assert torch.allclose(row, expected, atol=1e-5)
+    # the paper's Xavier draw stays available
+    plain = NaiveRouter(seed=0, **{**small, "epochs": 0, "init": "random"})
+    plain.learn(exp)
+    assert not torch.allclose(plain.net.registry.weight[0], router.net.registry.weight[0])
+
+
+def test_orthogonal_projection_keeps_backbone_cosines(tiny_bert):
+    from cmrbench.baselines.trainable.training import projection_weight
+
+    w = projection_weight(32, 48, "orthogonal", seed=3)
+    assert torch.allclose(w.T @ w, torch.eye(32), atol=1e-5)            # an isometry when dim >= hidden
+    narrow = projection_weight(32, 16, "orthogonal", seed=3)
+    assert torch.allclose(narrow @ narrow.T, torch.eye(16), atol=1e-5)  # orthonormal rows otherwise
+    assert torch.equal(w, projection_weight(32, 48, "orthogonal", seed=3))
+    with pytest.raises(ValueError, match="projection_init"):
+        projection_weight(32, 16, "identity", seed=3)

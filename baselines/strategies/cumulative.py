@@ -6,8 +6,8 @@ the train sets of experiences 1..t.
 **joint** (the upper bound, evaluated with the same protocol): the learner only ever sees
 experiences in order, so joint training is realised at the last experience. For t < T the router is
 trained exactly as ``cumulative`` (so the rows A[t, .] for t < T are cumulative's); at t = T every
-tracked parameter is reset to its initial value (pre-trained backbone, seeded projection, freshly
-Xavier-initialised registry rows) and the router is trained from scratch on the union of all T train
+tracked parameter is reset to its initial value (pre-trained backbone, seeded projection, fresh
+registry rows: prototypes over every train set, or Xavier draws with ``init=random``) and the router is trained from scratch on the union of all T train
 sets for ``joint_epochs`` epochs. The final row A[T, .] (final average accuracy) is therefore that of
 a router trained on all four experiences at once; its forgetting compares it with cumulative's
 earlier rows and is not meaningful on its own.
@@ -70,6 +70,7 @@ class JointRouter(CumulativeRouter):
                      generator=seeded_generator(self.seed, 0, 3))
         state["registry.weight"] = fresh.weight.detach()
         net.load_tracked(state)
+        self.initialise_rows(experience, self.training_examples(experience, current), list(range(len(registry))))
 
     def epochs(self, experience: Experience) -> int:
         return int(self.cfg["joint_epochs"] if self.is_joint_step(experience) else self.cfg["epochs"])

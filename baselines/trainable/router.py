@@ -150,7 +150,8 @@ class TrainableRouter:
     def ensure_net(self) -> RouterNet:
         if self.net is None:
             torch.manual_seed(self.seed)            # LoRA initialisation draws from the global generator
-            self.net = RouterNet(self.build_backbone(), self.cfg["dim"], self.cfg["tau"], self.seed)
+            self.net = RouterNet(self.build_backbone(), self.cfg["dim"], self.cfg["tau"], self.seed,
+                                 self.cfg["projection_init"])
             self.base = self.net.snapshot()
         return self.net
 
@@ -191,6 +192,45 @@ class TrainableRouter:
     def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame) -> None:
         """After training on ``experience``."""
 
+    def initialise_rows(self, experience: Experience, current: pl.DataFrame, rows: list[int]) -> None:
+        """Set the registry rows just added for new models (config ``init``).
+
+        ``random`` keeps their Xavier draw (the paper's). ``prototype`` replaces each by its model's
+        prototype through the current network (SimpleCIL's classifier initialisation): the normalised,
+        weighted mean of z(q) over the model's examples in ``current`` (weight 1 each) and of z(card) over
+        its card descriptions (``card_weight`` each), so a model with no training prompt starts from its
+        card. Training then starts from a nearest-class-mean router instead of noise.
+        """
+        init = self.cfg["init"]
+        if init == "random" or not rows:
+            return
+        if init != "prototype":
+            raise ValueError(f"init must be 'random' or 'prototype' for {self.config_name}, not {init!r}")
+        net = self.ensure_net()
+        new_ids = [net.registry.ids[r] for r in rows]
+        wanted = set(new_ids)
+        texts, owners, weights = [], [], []
+        for prompt, model_id, weight in current.select("prompt", "model_id", "weight").rows():
+            if model_id in wanted:
+                texts.append(prompt), owners.append(model_id), weights.append(float(weight))
+        card_weight = float(self.cfg["card_weight"])
+        if card_weight > 0:
+            for model_id, card in experience.cards.select("model_id", "card").rows():
+                if model_id in wanted:
+                    texts.append(card_text(card, "description") or model_id)
+                    owners.append(model_id), weights.append(card_weight)
+        if not texts:
+            return
+        z = net.encode(texts, self.cfg["eval_batch_size"]).float()
+        position = {m: i for i, m in enumerate(new_ids)}
+        owner_index = torch.tensor([position[m] for m in owners], device=z.device)
+        sums = torch.zeros(len(new_ids), z.shape[1], device=z.device)
+        sums.index_add_(0, owner_index, z * torch.tensor(weights, device=z.device)[:, None])
+        has = sums.norm(dim=1) > 0
+        target = torch.tensor(rows, device=z.device)[has]
+        with torch.no_grad():
+            net.registry.weight[target] = torch.nn.functional.normalize(sums[has], dim=-1).to(net.registry.weight)
+
     def extra_state(self) -> dict[str, Any]:
         """Strategy state for checkpoints: {"tensors": {name: Tensor}, "frames": {name: DataFrame}, "json": {...}}."""
         return {}
@@ -214,9 +254,10 @@ class TrainableRouter:
             net = self.ensure_net()
             torch.manual_seed(self.seed * 1000 + t)   # dropout
             self.previous = (Snapshot(self.finished, len(net.registry), net.snapshot()) if self.finished else None)
-            net.registry.extend(sorted(experience.classes_seen_so_far), experience=t,
-                                generator=seeded_generator(self.seed, t, 3))
+            new_rows = net.registry.extend(sorted(experience.classes_seen_so_far), experience=t,
+                                           generator=seeded_generator(self.seed, t, 3))
             current = self.current_examples(experience)
+            self.initialise_rows(experience, current, new_rows)
             self.begin_experience(experience, current)
             examples = self.training_examples(experience, current)
             start = time.perf_counter()

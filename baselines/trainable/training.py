@@ -49,19 +49,38 @@ def seeded_generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
+PROJECTION_INITS = ("xavier", "orthogonal")
+
+
+def projection_weight(fan_in: int, fan_out: int, init: str, seed: int) -> torch.Tensor:
+    """The projection's initial (fan_out, fan_in) weight, drawn from a seeded generator.
+
+    ``xavier``: Xavier-uniform (the paper's). ``orthogonal``: orthonormal rows or columns (QR of a Gaussian
+    draw); with ``dim >= hidden`` it is an isometry, so cosine similarities of backbone vectors -- and hence
+    prototype-initialised rows -- are exactly those of the backbone at the start of training.
+    """
+    generator = seeded_generator(seed, 7)
+    if init == "xavier":
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        return (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
+    if init == "orthogonal":
+        big, small = max(fan_in, fan_out), min(fan_in, fan_out)
+        q, r = torch.linalg.qr(torch.randn(big, small, generator=generator, dtype=torch.float64))
+        q = q * torch.sign(torch.diagonal(r))     # a unique QR: the draw alone fixes the matrix
+        return (q if fan_out >= fan_in else q.T).to(torch.float32)
+    raise ValueError(f"projection_init must be one of {PROJECTION_INITS}, not {init!r}")
+
+
 class RouterNet(nn.Module):
     """Backbone + bias-free projection to ``dim`` + model registry; scores are cosine / tau."""
 
-    def __init__(self, backbone: TextBackbone, dim: int, tau: float, seed: int):
+    def __init__(self, backbone: TextBackbone, dim: int, tau: float, seed: int, projection_init: str = "xavier"):
         super().__init__()
         self.backbone = backbone
         self.tau = float(tau)
         self.projection = nn.Linear(backbone.hidden_size, int(dim), bias=False)
         with torch.no_grad():
-            fan_in, fan_out = backbone.hidden_size, int(dim)
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            w = (torch.rand(fan_out, fan_in, generator=seeded_generator(seed, 7)) * 2 - 1) * bound
-            self.projection.weight.copy_(w)
+            self.projection.weight.copy_(projection_weight(backbone.hidden_size, int(dim), projection_init, seed))
         self.registry = ModelRegistry(dim)
         self.to(backbone.device_)
         # parameters that may ever change (saved in checkpoints, snapshotted, regularised)
