@@ -33,11 +33,33 @@ def test_candidate_mix_positive_first_no_duplicates():
     assert sum(d.startswith(("NLP", "Audio")) for d in domains) >= 6          # far: other categories
 
 
+def test_category_pool_draws_semantic_negatives_across_the_whole_category():
+    """The authors' code: semantic negatives uniform over the gold domain's category, so most come from its
+    sibling domains, not from the gold domain first as in the default pool."""
+    index = _index(n_per_domain=60)
+    config = CandidateConfig(k=40, hard=0, semantic=30, far=6, semantic_pool="category")
+    same, sibling = [], []
+    for seed in range(20):
+        cands = build_candidates(5, "CV A", index, config, np.random.default_rng(seed))
+        assert cands[0] == 5 and len(set(cands.tolist())) == 40
+        domains = [index.domain_of[r] for r in cands[1:]]
+        same.append(domains.count("CV A"))
+        sibling.append(domains.count("CV B"))
+    assert 10 < np.mean(same) < 20 and 10 < np.mean(sibling) < 20       # half of 30 (+ a few far / fill)
+    default = build_candidates(5, "CV A", index, CandidateConfig(k=40, hard=0, semantic=30, far=6),
+                               np.random.default_rng(0))
+    assert [index.domain_of[r] for r in default[1:31]].count("CV A") == 30
+    with pytest.raises(ValueError, match="semantic_pool"):
+        build_candidates(5, "CV A", index, CandidateConfig(semantic_pool="nearby"), np.random.default_rng(0))
+
+
 @settings(max_examples=40, deadline=None)
-@given(k=st.integers(2, 120), gold=st.integers(0, 99), seed=st.integers(0, 10))
-def test_candidates_never_exceed_the_registry(k, gold, seed):
+@given(k=st.integers(2, 120), gold=st.integers(0, 99), seed=st.integers(0, 10),
+       pool=st.sampled_from(["domain", "category"]))
+def test_candidates_never_exceed_the_registry(k, gold, seed, pool):
     index = _index()
-    cands = build_candidates(gold, index.domain_of[gold], index, CandidateConfig(k=k), np.random.default_rng(seed))
+    cands = build_candidates(gold, index.domain_of[gold], index, CandidateConfig(k=k, semantic_pool=pool),
+                             np.random.default_rng(seed))
     assert cands[0] == gold and len(cands) == min(k, 100) and len(set(cands.tolist())) == len(cands)
 
 

@@ -18,6 +18,7 @@ class CandidateConfig:
     semantic: int = 38
     far: int = 10
     max_related_domains: int = 8
+    semantic_pool: str = "domain"        # domain: gold domain, then related ones | category: the whole category
 
 
 @dataclass
@@ -36,6 +37,11 @@ class ModelIndex:
         for d in sorted(self.by_domain):
             cat = self.category_of.get(d)
             self.related[d] = [o for o in sorted(self.by_domain) if o != d and self.category_of.get(o) == cat]
+        self.by_category: dict[str | None, np.ndarray] = {}
+        for d in sorted(self.by_domain):
+            cat = self.category_of.get(d)
+            self.by_category[cat] = np.concatenate([self.by_category.get(cat, np.zeros(0, dtype=int)),
+                                                    self.by_domain[d]])
 
     @property
     def size(self) -> int:
@@ -54,9 +60,12 @@ def build_candidates(gold: int, domain: str, index: ModelIndex, config: Candidat
                      rng: np.random.Generator, hard_pool: list[int] | None = None) -> np.ndarray:
     """Candidate registry rows for one example; the positive is at position 0, no duplicates.
 
-    Hard negatives come from ``hard_pool`` (the mined confusers of this (domain, gold)); semantic ones
-    from the gold domain, then from up to ``max_related_domains`` domains of the same category; far ones
-    from other domains. Any shortfall is filled from the rest of the registry.
+    Hard negatives come from ``hard_pool`` (the mined confusers of this (domain, gold)). Then, with
+    ``semantic_pool="domain"``: semantic ones from the gold domain, then from up to ``max_related_domains``
+    domains of the same category, far ones from other domains. With ``semantic_pool="category"`` (the
+    authors' code): semantic ones uniformly from the gold domain's whole category, far ones (plus the
+    semantic shortfall) uniformly from every model outside the gold domain. Any shortfall is filled
+    uniformly from the rest of the registry.
     """
     k = min(config.k, index.size)
     chosen = [gold]
@@ -69,6 +78,17 @@ def build_candidates(gold: int, domain: str, index: ModelIndex, config: Candidat
                 taken.add(r)
 
     add(_take(np.asarray(hard_pool or [], dtype=int), config.hard, taken, rng))
+    if config.semantic_pool == "category":
+        before = len(chosen)
+        add(_take(index.by_category.get(index.category_of.get(domain), np.zeros(0, dtype=int)), config.semantic,
+                  taken, rng))
+        shortfall = config.semantic - (len(chosen) - before)
+        outside = np.asarray([r for d, rows in index.by_domain.items() if d != domain for r in rows], dtype=int)
+        add(_take(outside, config.far + shortfall, taken, rng))
+        add(_take(np.arange(index.size), k - len(chosen), taken, rng))
+        return np.asarray(chosen, dtype=np.int64)
+    if config.semantic_pool != "domain":
+        raise ValueError(f"semantic_pool must be 'domain' or 'category', not {config.semantic_pool!r}")
     same = index.by_domain.get(domain, np.zeros(0, dtype=int))
     add(_take(same, config.semantic, taken, rng))
     want = 1 + config.hard + config.semantic

@@ -48,8 +48,8 @@ class FixedEncoder:
     """The frozen embedding space of replay selection and card-guided init (cached on disk)."""
 
     def __init__(self, model: str):
-        from cmrbench.baselines.retrieval.dense import DenseRouter
-        self.dense = DenseRouter(model=None if model == "minilm" else model)
+        from cmrbench.baselines.retrieval.dense import DenseEncoder
+        self.dense = DenseEncoder(model)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.dense.embed(texts, "query"), dtype=np.float32)
@@ -80,7 +80,8 @@ class CarveCandidates:
         self.index = index
         self.families = families
         self.config = CandidateConfig(k=c["num_candidates"], hard=c["hard_negatives"], semantic=c["semantic_negatives"],
-                                      far=c["far_negatives"], max_related_domains=c["max_related_domains"])
+                                      far=c["far_negatives"], max_related_domains=c["max_related_domains"],
+                                      semantic_pool=c["semantic_pool"])
         self.cache = HardNegativeCache(top=c["hard_cache_size"], every=c["mine_every"])
         self.rng = np.random.default_rng(seed)
 
@@ -209,7 +210,11 @@ class CarveRouter(ReplayRouter):
         for model_id, families, domains in experience.models.select("model_id", "families", "domains").rows():
             self.model_domain.setdefault(model_id, sorted(domains)[0])
             self.model_family.setdefault(model_id, sorted(families)[0])
-        if self.cfg["init"] == "card" and self.previous is not None:
+
+    def initialise_rows(self, experience: Experience, current: pl.DataFrame, rows: list[int]) -> None:
+        if self.cfg["init"] != "card":
+            super().initialise_rows(experience, current, rows)
+        elif self.previous is not None:
             self._card_guided_init(experience)
 
     def _card_guided_init(self, experience: Experience) -> None:
