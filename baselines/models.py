@@ -28,6 +28,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmrbench.fileio import sha256_file
+
 MODELS_ENV = "CMRBENCH_MODELS"
 MARKER = "cmrbench-model.json"
 
@@ -100,14 +102,6 @@ def store_dir() -> Path:
 def spec_of(name: str) -> ModelSpec | None:
     key = str(name).strip().lower()
     return MODELS.get(ALIASES.get(key, key))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetched_path(spec: ModelSpec, store: Path | None = None) -> Path | None:

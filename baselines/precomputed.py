@@ -18,6 +18,23 @@ from cmrbench.data import Experience
 from cmrbench.protocol import Ranking, RouterMeta
 
 
+def _ranking(pairs: object) -> Ranking:
+    """Stored ``[[id, score], ...]`` -> a ranking; ids must be strings and scores numbers (no null, bool, text)."""
+    if not isinstance(pairs, list):
+        raise TypeError("predictions must be a list of [id, score] pairs")
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise TypeError(f"{pair!r:.60} is not an [id, score] pair")
+        model_id, score = pair
+        if type(model_id) is not str:
+            raise TypeError(f"model id {model_id!r:.60} is not a string")
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise TypeError(f"score {score!r:.60} of '{model_id}' is not a number")
+        out.append((model_id, float(score)))
+    return out
+
+
 class PrecomputedRouter:
     """Replays stored rankings; ``learn`` only selects the file of the current experience."""
 
@@ -36,16 +53,25 @@ class PrecomputedRouter:
             raise FileNotFoundError(f"{path} is missing (predictions after experience "
                                     f"{experience.current_experience})")
         self.table = {}
+        first_line: dict[str, int] = {}
         with open(path, encoding="utf-8") as fh:
             for n, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                    self.table[row["prompt"]] = [(str(m), float(s)) for m, s in row["predictions"]]
+                    prompt, ranking = row["prompt"], _ranking(row["predictions"])
+                    if type(prompt) is not str:
+                        raise TypeError(f"prompt is a {type(prompt).__name__}, not a string")
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                     raise ValueError(f"{path}:{n}: expected {{\"prompt\": str, \"predictions\": [[id, score], ...]}}"
                                      f" ({type(err).__name__}: {err})") from err
+                if prompt in self.table and self.table[prompt] != ranking:
+                    # a router sees only the text, so one text has one ranking; two differing lines are a bug
+                    raise ValueError(f"{path}:{n}: the prompt of line {first_line[prompt]} again, with another "
+                                     "ranking; keep one line per prompt text")
+                first_line.setdefault(prompt, n)
+                self.table[prompt] = ranking
 
     def route(self, prompts: Sequence[str], top_k: int) -> list[Ranking]:
         out = []

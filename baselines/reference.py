@@ -21,11 +21,15 @@ class _SeenModels:
     """Keeps the models seen so far and their domains, from the learner's view only."""
 
     def __init__(self, seed: int):
+        self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
         self.models: list[str] = []
         self.by_domain: dict[str, list[str]] = {}
 
     def learn(self, experience: Experience) -> None:
+        # one generator per experience: the draws after learning E_t depend on (seed, t) alone, so a run resumed
+        # after E_t (which re-learns but does not re-route the finished experiences) draws what an unbroken run does
+        self.rng = np.random.default_rng([self.seed, experience.current_experience])
         self.models = list(experience.classes_seen_so_far)
         self.by_domain = {}
         for model_id, domains in experience.models.select("model_id", "domains").rows():

@@ -54,7 +54,8 @@ def main() -> None:
     import polars as pl
 
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import evaluate, score_predictions
+    from cmrbench.evaluate import evaluate
+    from cmrbench.scoring import score_predictions
 
     report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from cmrbench.registry import REGISTRY
-from cmrbench.results import atomic_write_text
+from cmrbench.fileio import atomic_write_text
 
 STRATEGIES = {name: REGISTRY[name] for name in ("naive", "replay-10", "replay-20", "cumulative", "joint", "ewc",
                                                "lwf", "merge-avg", "merge-ties", "merge-dare", "carve-10", "carve-20")}

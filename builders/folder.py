@@ -7,7 +7,6 @@ leaves a half-written dataset, and two builds from the same sources are byte-ide
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ from pathlib import Path
 import polars as pl
 
 from cmrbench import DATASET_NAME, DATASET_VERSION, __version__
+from cmrbench.fileio import sha256_file
+from cmrbench.manifest import Manifest
 from cmrbench.sources import SOURCES, SourceResolver
 
 from .assemble import SPLITS, STREAMS, Assembled, add_extra_hubs, assemble_paper, reslice_timeline
@@ -30,14 +31,6 @@ MANIFEST = "manifest.json"
 def _write_parquet(df: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.write_parquet(path, compression="zstd", compression_level=9, statistics=True, row_group_size=1 << 20)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def config_files(data: Assembled) -> dict[str, dict[str, str]]:
@@ -69,13 +62,56 @@ def statistics(data: Assembled) -> list[dict[str, object]]:
     return out
 
 
+OWN_FILES = (MANIFEST, "README.md", "quarantine.jsonl")
+
+
+class NotOurFolderError(FileExistsError):
+    """``--overwrite`` was asked of a folder that is not (only) a CMRBench build."""
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse to write over ``out`` unless it is absent, or ``overwrite`` is set and ``out`` is a CMRBench build
+    holding nothing but what a build writes (its manifest's files, the card, the quarantine file).
+
+    ``--overwrite`` thus never deletes a folder the project did not create, nor a file someone added to one.
+    """
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it.")
+    if out.is_symlink() or not out.is_dir():
+        raise NotOurFolderError(f"{out} is not a folder; --overwrite only replaces a CMRBench build. Choose "
+                                "another --out.")
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        listed = set(manifest["files"])
+        ours = isinstance(manifest, dict) and "dataset" in manifest and "dataset_version" in manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise NotOurFolderError(f"{out} is not a CMRBench build (no valid {MANIFEST}); --overwrite never deletes "
+                                "a folder cmrbench did not create. Choose another --out, or remove it yourself.")
+    foreign = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if path.is_symlink() or (path.is_file() and rel not in listed and rel not in OWN_FILES):
+            foreign.append(rel)
+        elif path.is_dir() and not any(f == rel or f.startswith(rel + "/") for f in listed):
+            foreign.append(rel + "/")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise NotOurFolderError(f"{out} holds files a build did not write ({shown}); --overwrite would delete "
+                                "them, so it refuses. Move them out first.")
+
+
 def write_folder(data: Assembled, source_sha256: dict[str, str], quarantine: Quarantine, out: Path,
                  overwrite: bool = False) -> dict:
     """Write ``data`` to ``out`` atomically; return the manifest. ``source_sha256`` maps each source key
-    read to the checksum of the file that was used."""
+    read to the checksum of the file that was used. An existing ``out`` is replaced only when ``overwrite``
+    is set and it is a CMRBench build with nothing else in it (:func:`check_replaceable`)."""
     out = Path(out).resolve()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it.")
+    check_replaceable(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -100,9 +136,11 @@ def write_folder(data: Assembled, source_sha256: dict[str, str], quarantine: Qua
             "notes": data.notes,
             "files": files,
         }
+        Manifest.model_validate(manifest)          # the dataset contract, checked before it reaches disk
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(render_card(manifest, config_files(data)), encoding="utf-8")
         if out.exists():
+            check_replaceable(out, overwrite)    # again: the folder may have changed while we built
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
@@ -114,6 +152,7 @@ def write_folder(data: Assembled, source_sha256: dict[str, str], quarantine: Qua
 def build(out: Path, resolver: SourceResolver, *, stream: str = "paper", experiences: int = 4, seed: int = 42,
           extra_hubs: list[str] | None = None, overwrite: bool = False) -> dict:
     """Build CMRBench from sources into ``out``; the function behind ``cmrbench build``."""
+    check_replaceable(Path(out).resolve(), overwrite)        # before minutes of work, not after
     if stream not in STREAMS:
         raise ValueError(f"unknown stream '{stream}'; choose one of {STREAMS}")
     quarantine = Quarantine()

@@ -1,8 +1,9 @@
-"""Working with finished results files: re-scoring from stored predictions and paired comparisons."""
+"""Working with finished results files: verifying them against their predictions, paired comparisons."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -10,15 +11,22 @@ import polars as pl
 from . import metrics as M
 from .data import Benchmark
 from .results import LEVELS, Results, load_results
+from .scoring import PredictionsError, derived_fields
 
 _GOLD = {"model": "model_id", "family": "family", "domain": "domain"}
 
 
 def _predictions(results: Results, results_path: Path) -> pl.DataFrame:
     path = Path(results_path).parent / results.predictions_file
+    if Path(results.predictions_file).name != results.predictions_file:
+        raise ValueError(f"{results_path}: predictions_file must be a file name beside it, not "
+                         f"{results.predictions_file!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} (predictions of {results_path}) is missing")
-    return pl.read_parquet(path)
+    try:
+        return pl.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - polars raises several types for a damaged file
+        raise ValueError(f"{path} (predictions of {results_path}) cannot be read: {err}") from err
 
 
 def _benchmark_for(results: Results, data: Path) -> Benchmark:
@@ -29,18 +37,45 @@ def _benchmark_for(results: Results, data: Path) -> Benchmark:
     return bench
 
 
-def rescore(results_path: Path, data: Path) -> dict[str, dict[str, list[list[float | None]]]]:
-    """Recompute the accuracy matrices of a results file from its predictions Parquet."""
-    from .evaluate import _matrix_json, score_predictions
+class ResultsMismatchError(ValueError):
+    """A results file's numbers are not those its predictions give on the build."""
+
+
+def recompute(results_path: Path, data: Path | Benchmark) -> tuple[Results, dict[str, Any]]:
+    """The stored results and every field recomputed from their predictions on the build (JSON form)."""
     results = load_results(results_path)
-    bench = _benchmark_for(results, data)
-    scores = score_predictions(_predictions(results, results_path), bench, results.finished_experiences)
-    return {lv: {k: _matrix_json(m) for k, m in per.items()} for lv, per in scores.matrices.items()}
+    bench = data if isinstance(data, Benchmark) else _benchmark_for(results, data)
+    if bench.manifest_sha256 != results.dataset.manifest_sha256 or bench.eval_split != results.dataset.eval_split:
+        raise ValueError(f"{results_path} was computed on another build or split than {bench.folder}")
+    predictions = _predictions(results, results_path)
+    try:
+        derived = derived_fields(predictions, bench, results.finished_experiences)
+    except PredictionsError as err:
+        raise PredictionsError(f"{Path(results_path).parent / results.predictions_file}: {err}") from None
+    as_json = Results.model_validate({**results.model_dump(), **derived}).model_dump(mode="json")
+    return results, {k: as_json[k] for k in derived}
+
+
+def verify(results_path: Path, data: Path | Benchmark) -> Results:
+    """Load a results file only if every number in it is what its predictions give on the build.
+
+    Refuses (naming the fields) a file whose matrices, summaries, rates, reference rows or status were edited,
+    and (naming the prompt) one whose predictions are missing, duplicated, redirected or malformed.
+    Timings and hardware are measurements and cannot be checked this way.
+    """
+    results, derived = recompute(results_path, data)
+    stored = results.model_dump(mode="json")
+    differ = sorted(k for k, v in derived.items() if stored[k] != v)
+    if differ:
+        raise ResultsMismatchError(f"{results_path}: {', '.join(differ)} differ from what its predictions give on "
+                                   "this build; the file was edited or corrupted (`cmrbench rescore --write` "
+                                   "recomputes them)")
+    return results
 
 
 def per_prompt_correct(results_path: Path, bench: Benchmark) -> dict[str, pl.DataFrame]:
     """Top-1 correctness per test prompt after the last finished experience, per level."""
-    results = load_results(results_path)
+    results = verify(results_path, bench)
     t = results.finished_experiences
     preds = _predictions(results, results_path).filter(pl.col("after_experience") == t)
     registry = bench.label_registry(t)

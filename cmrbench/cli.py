@@ -5,20 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import platformdirs
-
-from . import DATASET_VERSION, __version__
+from . import __version__
+from .data import default_data_dir
 
 log = logging.getLogger("cmrbench")
-
-
-def default_data_dir() -> Path:
-    """Where `cmrbench build` writes by default (never a folder named plain `cmrbench`, see README)."""
-    return Path(platformdirs.user_cache_dir("cmrbench")) / f"cmrbench-{DATASET_VERSION}"
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
@@ -83,17 +78,36 @@ def cmd_sources(args: argparse.Namespace) -> int:
 def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, args: argparse.Namespace,
               keep: bool = True) -> int:
     from .data import Benchmark
-    from .evaluate import RunPaths, evaluate
     from .registry import load_router, parse_router_args
     bench = Benchmark(data, eval_split=args.eval_split)
-    router = load_router(router_spec, parse_router_args(router_args), seed=args.seed)
+    if args.isolate:
+        from .isolation import isolate
+        router = isolate(router_spec, parse_router_args(router_args), seed=args.seed, timeout=args.timeout,
+                         learn_timeout=args.learn_timeout)
+    else:
+        router = load_router(router_spec, parse_router_args(router_args), seed=args.seed)
+    try:
+        return _run(router, bench, out, args, keep)
+    finally:
+        if args.isolate:
+            router.close()
+
+
+def _run(router, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:
+    from .evaluate import RunPaths, evaluate
+    from .results import load_results
     paths = RunPaths.for_run(out, router.meta.name, bench, args.seed)
-    if args.overwrite:
+    if args.overwrite:       # this run's own files only, found by their exact names
         for p in (paths.results, paths.predictions):
             p.unlink(missing_ok=True)
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    if args.resume and paths.results.is_file() and load_results(paths.results).status == "complete":
+        print(f"{paths.results} is already complete; nothing to resume (--overwrite starts it again)")
+    isolated = args.isolate
     results = evaluate(router, bench, out, seed=args.seed, top_k=args.top_k, batch_size=args.batch_size,
-                       timeout=args.timeout, resume=args.resume, on_unknown_id=args.on_unknown_id,
-                       progress=not args.no_progress)
+                       timeout=None if isolated else args.timeout,
+                       learn_timeout=None if isolated else args.learn_timeout,       # the worker enforces them
+                       resume=args.resume, on_unknown_id=args.on_unknown_id, progress=not args.no_progress)
     s = results.summary
     print(f"{results.router.name} on {bench.name} (seed {args.seed}), after {results.finished_experiences} "
           f"experiences: M {100 * s['model'].final_average_accuracy:.1f} / F "
@@ -103,13 +117,30 @@ def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, a
     return 0
 
 
+def _positive(kind: type):
+    """An argparse type: a number of ``kind`` greater than zero."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="constructor argument for the router (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy, torch and the router (default 0)")
-    p.add_argument("--top-k", type=int, default=10, help="predictions stored per prompt (default 10)")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts per route() call (default 64)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds allowed per route() call")
+    p.add_argument("--top-k", type=_positive(int), default=10, help="predictions stored per prompt (default 10)")
+    p.add_argument("--batch-size", type=_positive(int), default=64, help="prompts per route() call (default 64)")
+    p.add_argument("--timeout", type=_positive(float), default=None,
+                   help="seconds allowed per route() call (a late call stops the run with an error)")
+    p.add_argument("--learn-timeout", type=_positive(float), default=None,
+                   help="seconds allowed per learn() call (a late call stops the run with an error)")
     p.add_argument("--on-unknown-id", choices=["error", "count"], default="error",
                    help="an id outside the models seen so far: stop with an error (default) or score it as a "
                         "hallucination (for generative routers)")
@@ -117,6 +148,9 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
                    help="score the test prompts (default) or, for tuning, each experience's validation prompts, "
                         "which the router then does not see; validation runs are named '...-validation' and kept "
                         "off leaderboards")
+    p.add_argument("--isolate", action="store_true",
+                   help="run the router in a worker process that never holds test labels or the build's path; its "
+                        "crash, exit or hang is an error and time-outs kill it (see README, 'Reliability')")
     p.add_argument("--resume", action="store_true", help="continue a run from its last finished experience")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run with the same name")
     _progress_arg(p)
@@ -142,16 +176,20 @@ def cmd_mock_data(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from .analysis import rescore
-    from .results import load_results, save_results
-    matrices = rescore(args.results, args.data or default_data_dir())
-    results = load_results(args.results)
-    same = matrices == results.matrices
-    print(f"{args.results}: recomputed matrices {'match' if same else 'DIFFER FROM'} the stored ones")
-    if args.write and not same:
-        save_results(results.model_copy(update={"matrices": matrices}), args.results)
-        print("stored matrices replaced")
-    return 0 if same or args.write else 2
+    from .analysis import recompute
+    from .results import save_results
+    results, derived = recompute(args.results, args.data or default_data_dir())
+    stored = results.model_dump(mode="json")
+    differ = sorted(k for k, v in derived.items() if stored[k] != v)
+    if not differ:
+        print(f"{args.results}: every recomputed number matches the stored one")
+        return 0
+    print(f"{args.results}: recomputed {', '.join(differ)} DIFFER FROM the stored ones")
+    if args.write:
+        save_results(results.model_validate({**stored, **derived}), args.results)
+        print("stored values replaced by the recomputed ones")
+        return 0
+    return 2
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -166,8 +204,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard.board import build_leaderboard, to_markdown
-    from .results import atomic_write_text
-    board = build_leaderboard(args.results_dir, args.sort_by)
+    from .fileio import atomic_write_text
+    board = build_leaderboard(args.results_dir, args.sort_by, args.data or default_data_dir())
     atomic_write_text(args.out, board.model_dump_json(indent=2) + "\n")
     md = args.markdown or args.out.with_suffix(".md")
     atomic_write_text(md, to_markdown(board))
@@ -294,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="run every reproduction")
     p.add_argument("--list", action="store_true", help="list reproductions with their expected scores")
     _data_arg(p)
-    p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="where the rerun results go")
+    p.add_argument("--out", type=Path, default=Path("reproduce"),
+                   help="where the rerun results go (default reproduce/, apart from runs/ so that a leaderboard of runs/ "
+                        "never counts a reproduction as a second run)")
     _progress_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -320,10 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_arg(p)
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("rescore", help="recompute every metric of a results file from its stored predictions")
-    p.add_argument("results", type=Path)
+    p = sub.add_parser("rescore", help="recompute every metric of a results file from its stored predictions",
+                       description="Recompute matrices, summaries, hallucination / future-leak rates, reference rows "
+                                   "and status from the predictions Parquet on the build, after checking the "
+                                   "predictions cover exactly the prompts they must. Exit code 0 when everything "
+                                   "matches, 2 when something differs (1 on an error).")
+    p.add_argument("results", type=Path, help="a results JSON (its predictions Parquet beside it)")
     _data_arg(p)
-    p.add_argument("--write", action="store_true", help="rewrite the results file with the recomputed numbers")
+    p.add_argument("--write", action="store_true", help="replace every differing field by its recomputed value")
     p.set_defaults(func=cmd_rescore)
 
     p = sub.add_parser("compare", help="paired bootstrap comparison of two results files",
@@ -336,12 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("leaderboard", help="validate, merge seeds and rank a folder of results files")
-    p.add_argument("results_dir", type=Path)
+    p = sub.add_parser("leaderboard", help="validate, merge seeds and rank a folder of results files",
+                       description="Rank every results file (<router>__<dataset>__seed<N>.json) under a folder: each "
+                                   "is verified against its predictions on the build (--data) before it counts, seeds "
+                                   "of a router are merged as mean ± std (the same seed twice is refused), reference "
+                                   "rows are listed apart, never ranked. Writes JSON and Markdown (and --html DIR).")
+    p.add_argument("results_dir", type=Path, help="folder of results files (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="leaderboard JSON to write")
     p.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table (default: OUT with .md)")
     p.add_argument("--sort-by", default="domain.final_average_accuracy",
-                   help="LEVEL.METRIC to rank by (default domain.final_average_accuracy)")
+                   help="LEVEL.METRIC to rank by, in the metric's better direction (forgetting: lowest first); "
+                        "default domain.final_average_accuracy")
+    _data_arg(p)
     p.set_defaults(func=cmd_leaderboard)
     from .leaderboard.cli import add_html_option, register_cli as register_leaderboard_cli
     add_html_option(p)  # --html DIR: also render the static page (wraps cmd_leaderboard)

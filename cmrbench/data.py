@@ -10,16 +10,27 @@ experience; reaching for them raises :class:`HiddenInformationError`.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import polars as pl
 
+from .fileio import sha256_file
+from .manifest import Manifest
+
 MANIFEST = "manifest.json"
 LEARNER_COLUMNS = ["prompt_id", "prompt", "model_id", "family", "domain", "category", "task"]
 TEST_COLUMNS = ["prompt_id", "prompt", "model_id", "family", "domain", "experience"]
+
+
+def default_data_dir() -> Path:
+    """Where `cmrbench build` writes by default (never a folder named plain `cmrbench`, see README)."""
+    import platformdirs
+
+    from . import DATASET_VERSION
+
+    return Path(platformdirs.user_cache_dir("cmrbench")) / f"cmrbench-{DATASET_VERSION}"
 
 
 class HiddenInformationError(AttributeError):
@@ -99,9 +110,24 @@ class Benchmark:
             raise DatasetFolderError(f"{self.folder} is not a CMRBench folder (no {MANIFEST}); build one with "
                                      "`cmrbench build --out DIR` or `cmrbench mock-data --out DIR`.")
         self.manifest_bytes = path.read_bytes()
-        self.manifest = json.loads(self.manifest_bytes)
+        try:
+            self.manifest = Manifest.model_validate_json(self.manifest_bytes).model_dump()
+        except ValueError as err:
+            raise DatasetFolderError(f"{path} is not a valid CMRBench manifest: {err}") from None
         self.n_experiences = int(self.manifest["experiences"])
         self._rows: dict[int, pl.DataFrame] = {}
+        self._verify_files()
+
+    def _verify_files(self) -> None:
+        """Every data file must be the one the manifest lists: an edited split would give inflated results
+        that still carry the genuine manifest hash."""
+        for rel, digest in self.manifest["files"].items():
+            path = self.folder / rel
+            if not path.is_file():
+                raise DatasetFolderError(f"{path} is listed in {MANIFEST} but missing; rebuild the folder.")
+            if sha256_file(path) != digest:
+                raise DatasetFolderError(f"{path} differs from the file {MANIFEST} lists (sha256); the build was "
+                                         "modified: rebuild it with `cmrbench build --overwrite`.")
 
     @property
     def manifest_sha256(self) -> str:
@@ -114,9 +140,12 @@ class Benchmark:
 
     def _read(self, rel: str) -> pl.DataFrame:
         path = self.folder / rel
-        if not path.is_file():
-            raise DatasetFolderError(f"{path} is missing from the CMRBench folder; rebuild it.")
-        return pl.read_parquet(path)
+        if rel not in self.manifest["files"]:
+            raise DatasetFolderError(f"{path} is not listed in {MANIFEST}; rebuild the folder.")
+        try:
+            return pl.read_parquet(path)
+        except Exception as err:  # noqa: BLE001 - polars raises several types for a damaged file
+            raise DatasetFolderError(f"{path} cannot be read as Parquet ({err}); rebuild the folder.") from None
 
     def rows(self, t: int) -> pl.DataFrame:
         if not 1 <= t <= self.n_experiences:

@@ -8,16 +8,16 @@ naming the router, the experience and the prompt index, and everything finished 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from . import metrics as M
-from .data import Benchmark, LabelRegistry
+from .data import Benchmark
+from .fileio import atomic_write
+from .isolation import IsolatedRouter
 from .protocol import CheckpointableRouter, Router
-from .results import (KS, LEVELS, DatasetRef, LevelSummary, Results, Timings, hardware, load_results,
-                      save_results)
+from .results import DatasetRef, Results, Timings, hardware, load_results, save_results
+from .scoring import PREDICTION_SCHEMA, derived_fields
 
-PREDICTION_SCHEMA = {"after_experience": pl.Int8, "test_experience": pl.Int8, "prompt_id": pl.String,
-                     "model_ids": pl.List(pl.String), "scores": pl.List(pl.Float64)}
 UNKNOWN_ID_POLICIES = ("error", "count")
 
 
@@ -62,14 +62,20 @@ def _peak_rss_mb() -> float:
 
 
 def _call(fn: Callable[[], Any], timeout: float | None, what: str) -> Any:
-    """Run ``fn``; with a timeout it runs in a daemon thread and a late answer is an error."""
+    """Run ``fn``; with a timeout it runs in a daemon thread and a late answer is an error. A router that
+    exits (``sys.exit``) is an error too, never a silent end of the run with exit code 0."""
     if timeout is None:
-        return fn()
+        try:
+            return fn()
+        except SystemExit as err:
+            raise RouterCallError(f"{what} called sys.exit({err.code!r}); a router must return or raise") from None
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
             box["value"] = fn()
+        except SystemExit as err:
+            box["error"] = RouterCallError(f"{what} called sys.exit({err.code!r}); a router must return or raise")
         except BaseException as err:  # re-raised in the caller's thread
             box["error"] = err
 
@@ -102,12 +108,15 @@ def check_rankings(answer: Any, n_prompts: int, top_k: int, seen: frozenset[str]
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise RouterCallError(f"{at}: expected (model_id, score) pairs, got {pair!r:.80}")
             model_id, score = pair
-            if not isinstance(model_id, str):
+            if type(model_id) is not str:   # not a str subclass either: ids are stored and compared as plain text
                 raise RouterCallError(f"{at}: model id {model_id!r:.60} is a {type(model_id).__name__}, not a str")
+            if isinstance(score, (bool, np.bool_)) or not isinstance(score, (int, float, np.integer, np.floating)):
+                raise RouterCallError(f"{at}: score {score!r:.60} for '{model_id}' is a {type(score).__name__}, "
+                                      "not a number")
             try:
                 score = float(score)
-            except (TypeError, ValueError):
-                raise RouterCallError(f"{at}: score {score!r:.60} for '{model_id}' is not a number") from None
+            except OverflowError:
+                raise RouterCallError(f"{at}: score for '{model_id}' does not fit a float") from None
             if not math.isfinite(score):
                 raise RouterCallError(f"{at}: score for '{model_id}' is {score}")
             if model_id not in seen and on_unknown == "error":
@@ -123,115 +132,14 @@ def check_rankings(answer: Any, n_prompts: int, top_k: int, seen: frozenset[str]
     return ids_out, scores_out
 
 
-# ---------------------------------------------------------------------------------------------- scoring
-
-def _level_labels(registry: LabelRegistry, level: str):
-    return {"model": None, "family": registry.families, "domain": registry.domains}[level]
-
-
-def _summary(matrix: np.ndarray, zero_shot: Sequence[float] | None = None) -> LevelSummary:
-    def num(x: float) -> float | None:
-        return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-    return LevelSummary(final_average_accuracy=float(M.final_average_accuracy(matrix)),
-                        stream_average_accuracy=float(M.stream_average_accuracy(matrix)),
-                        forgetting=num(M.forgetting(matrix)), max_forgetting=num(M.max_forgetting(matrix)),
-                        backward_transfer=num(M.backward_transfer(matrix)),
-                        forward_transfer=num(M.forward_transfer(matrix, zero_shot))
-                        if zero_shot is not None and matrix.shape[0] > 1 else None)
-
-
-def _matrix_json(matrix: np.ndarray) -> list[list[float | None]]:
-    return [[None if math.isnan(x) else float(x) for x in row] for row in matrix]
-
-
-@dataclass
-class Scores:
-    matrices: dict[str, dict[str, np.ndarray]]
-    hallucination_rate: list[float]
-    future_leak_rate: list[float]
-
-
-def score_predictions(predictions: pl.DataFrame, benchmark: Benchmark, finished: int) -> Scores:
-    """Every metric from stored predictions alone (pure: re-scoring a results file gives the same numbers)."""
-    cells: dict[str, dict[str, dict[tuple[int, int], float]]] = {
-        lv: {f"acc@{k}": {} for k in KS} | ({"mrr@10": {}} if lv == "model" else {}) for lv in LEVELS}
-    halluc, leak = [], []
-    all_models = set().union(*(benchmark.experience_models(k) for k in range(1, benchmark.n_experiences + 1)))
-    for t in range(1, finished + 1):
-        registry = benchmark.label_registry(t)
-        future = all_models - registry.model_ids
-        top1 = []
-        for j in range(1, t + 1):
-            gold = benchmark.test_set(j)
-            got = predictions.filter((pl.col("after_experience") == t) & (pl.col("test_experience") == j))
-            joined = gold.join(got.select("prompt_id", "model_ids"), on="prompt_id", how="left")
-            if joined["model_ids"].null_count():
-                missing = joined.filter(pl.col("model_ids").is_null())["prompt_id"][0]
-                raise ValueError(f"predictions after experience {t} lack test prompt {missing} of experience {j}")
-            ranked = joined["model_ids"].to_list()
-            top1.extend(r[0] for r in ranked)
-            for level in LEVELS:
-                gold_col = joined[{"model": "model_id", "family": "family", "domain": "domain"}[level]].to_list()
-                labels = _level_labels(registry, level)
-                for k in KS:
-                    cells[level][f"acc@{k}"][(t - 1, j - 1)] = float(M.hits_at_k(ranked, gold_col, k, labels).mean())
-                if level == "model":
-                    cells[level]["mrr@10"][(t - 1, j - 1)] = float(M.reciprocal_rank(ranked, gold_col, 10).mean())
-        halluc.append(float(M.hallucination_rate(top1, registry.model_ids)))
-        leak.append(float(M.future_leak_rate(top1, future)))
-    matrices = {lv: {name: M.accuracy_matrix(c, finished) for name, c in per.items()} for lv, per in cells.items()}
-    return Scores(matrices, halluc, leak)
-
-
-# ------------------------------------------------------------------------------------- reference rows
-
-def reference_matrices(benchmark: Benchmark, finished: int) -> dict[str, dict[str, np.ndarray]]:
-    """Expected top-1 accuracy matrices of the harness references, computed exactly (no sampling):
-    random (uniform over models seen so far), most-frequent (the commonest training label so far),
-    oracle (always right) and domain-oracle (uniform over seen models of the gold domain)."""
-    out = {name: {lv: {} for lv in LEVELS} for name in ("random", "most-frequent", "oracle", "domain-oracle")}
-    train_counts: Counter[str] = Counter()
-    for t in range(1, finished + 1):
-        train_counts.update(benchmark.split(t, "train")["model_id"].to_list())
-        frequent = min(train_counts, key=lambda m: (-train_counts[m], m)) if train_counts else None
-        reg = benchmark.label_registry(t)
-        n_seen = len(reg.model_ids)
-        carrying = {"family": Counter(f for fs in reg.families.values() for f in fs),
-                    "domain": Counter(d for ds in reg.domains.values() for d in ds)}
-        # models of each domain carrying each family, for the domain oracle
-        fam_in_domain: Counter[tuple[str, str]] = Counter(
-            (d, f) for m in reg.model_ids for d in reg.domains[m] for f in reg.families[m])
-        for j in range(1, t + 1):
-            gold = benchmark.test_set(j)
-            cell = (t - 1, j - 1)
-            rand = {"model": [], "family": [], "domain": []}
-            freq = {"model": [], "family": [], "domain": []}
-            dom = {"model": [], "family": [], "domain": []}
-            for model_id, family, domain in zip(gold["model_id"], gold["family"], gold["domain"]):
-                rand["model"].append(1 / n_seen)
-                rand["family"].append(carrying["family"][family] / n_seen)
-                rand["domain"].append(carrying["domain"][domain] / n_seen)
-                freq["model"].append(float(frequent == model_id))
-                freq["family"].append(float(frequent is not None and family in reg.families[frequent]))
-                freq["domain"].append(float(frequent is not None and domain in reg.domains[frequent]))
-                in_domain = carrying["domain"][domain]
-                dom["model"].append(1 / in_domain if in_domain else 1 / n_seen)
-                dom["family"].append(fam_in_domain[(domain, family)] / in_domain if in_domain
-                                     else carrying["family"][family] / n_seen)
-                dom["domain"].append(1.0 if in_domain else carrying["domain"][domain] / n_seen)
-            for level in LEVELS:
-                out["oracle"][level][cell] = 1.0
-                out["random"][level][cell] = float(np.mean(rand[level]))
-                out["most-frequent"][level][cell] = float(np.mean(freq[level]))
-                out["domain-oracle"][level][cell] = float(np.mean(dom[level]))
-    return {name: {lv: M.accuracy_matrix(c, finished) for lv, c in per.items()} for name, per in out.items()}
-
-
 # ----------------------------------------------------------------------------------------- the loop
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "router"
+    """A file-name-safe form of a router name that is unique to it: names that are already safe stay as they are;
+    others (and names starting with '.', which scans would skip) get a short hash of the exact name appended,
+    so two names that sanitise alike never share a results file."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "router"
+    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -242,20 +150,17 @@ class RunPaths:
 
     @classmethod
     def for_run(cls, out_dir: Path, router_name: str, benchmark: Benchmark, seed: int) -> RunPaths:
-        stem = f"{slug(router_name)}__{benchmark.name}__seed{seed}"
+        stem = f"{slug(router_name)}__{slug(benchmark.name)}__seed{seed}"
         return cls(out_dir / f"{stem}.json", out_dir / f"{stem}.predictions.parquet", out_dir / f"{stem}.checkpoints")
 
 
-def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.write_parquet(tmp)
-    tmp.replace(path)
-
-
 def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed: int = 0, top_k: int = 10,
-             batch_size: int = 64, timeout: float | None = None, resume: bool = False,
-             on_unknown_id: str = "error", progress: bool = True) -> Results:
+             batch_size: int = 64, timeout: float | None = None, learn_timeout: float | None = None,
+             resume: bool = False, on_unknown_id: str = "error", progress: bool = True) -> Results:
     """Run the protocol for ``router`` on ``benchmark``; write results JSON + predictions into ``out_dir``.
+
+    ``timeout`` bounds each ``route`` call and ``learn_timeout`` each ``learn`` call (seconds; a late call stops
+    the run with an error; the late call itself cannot be interrupted in this process, see ``--isolate``).
 
     Only routers that declare ``needs_gold = True`` (the oracle references and oracle-domain retrieval
     variants) receive the test labels, through ``route_with_gold(prompts, top_k, gold_rows)``.
@@ -265,8 +170,17 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
                         "(needs `meta`, `learn(experience)` and `route(prompts, top_k)`)")
     if on_unknown_id not in UNKNOWN_ID_POLICIES:
         raise ValueError(f"on_unknown_id must be one of {UNKNOWN_ID_POLICIES}")
+    if top_k < 1 or batch_size < 1:
+        raise ValueError(f"top_k and batch_size must be at least 1 (got {top_k}, {batch_size})")
+    for label, value in (("timeout", timeout), ("learn_timeout", learn_timeout)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{label} must be a positive number of seconds, not {value}")
     name = router.meta.name
     gold_access = bool(getattr(router, "needs_gold", False))
+    if gold_access and not router.meta.reference_row:
+        raise RouterCallError(f"router '{name}' asks for the answer key (needs_gold = True) but is not a reference "
+                              "row: only references such as the oracles receive test labels, and their meta says "
+                              "reference_row=True so that no leaderboard ranks them. Drop needs_gold.")
     paths = RunPaths.for_run(Path(out_dir), name, benchmark, seed)
     paths.results.parent.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -286,7 +200,7 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
         where = f"router '{name}', experience {t}"
         t0 = time.perf_counter()
         try:
-            _call(lambda: router.learn(experience), None, f"{where}: learn()")
+            _call(lambda: router.learn(experience), learn_timeout, f"{where}: learn()")
         except RouterCallError:
             raise
         except Exception as err:
@@ -329,7 +243,7 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
         bar.close()
         route_s.append(spent)
         predictions = pl.concat([predictions, pl.DataFrame(rows, schema=PREDICTION_SCHEMA)])
-        _atomic_parquet(predictions, paths.predictions)
+        atomic_write(paths.predictions, predictions.write_parquet)
         results = build_results(router, benchmark, predictions, t, seed, top_k, learn_s, route_s,
                                 call_seconds, call_sizes, paths)
         save_results(results, paths.results)
@@ -339,9 +253,6 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
 def build_results(router: Router, benchmark: Benchmark, predictions: pl.DataFrame, finished: int, seed: int,
                   top_k: int, learn_s: list[float], route_s: list[float], call_seconds: list[float],
                   call_sizes: list[int], paths: RunPaths) -> Results:
-    scores = score_predictions(predictions, benchmark, finished)
-    refs = reference_matrices(benchmark, finished)
-    zero_shot = {lv: np.diag(refs["random"][lv]) for lv in LEVELS}
     lat = M.latency_summary(call_seconds, call_sizes) if call_seconds else {}
     return Results(
         cmrbench_version=__version__,
@@ -349,12 +260,9 @@ def build_results(router: Router, benchmark: Benchmark, predictions: pl.DataFram
                            stream=benchmark.manifest["stream"], n_experiences=benchmark.n_experiences,
                            manifest_sha256=benchmark.manifest_sha256, folder=benchmark.folder.name,
                            eval_split=benchmark.eval_split),
-        router=router.meta, seed=seed, top_k=top_k, hardware=hardware(),
-        status="complete" if finished == benchmark.n_experiences else "partial", finished_experiences=finished,
-        matrices={lv: {k: _matrix_json(m) for k, m in per.items()} for lv, per in scores.matrices.items()},
-        summary={lv: _summary(scores.matrices[lv]["acc@1"], zero_shot[lv]) for lv in LEVELS},
-        hallucination_rate=scores.hallucination_rate, future_leak_rate=scores.future_leak_rate,
-        reference_rows={name: {lv: _summary(m) for lv, m in per.items()} for name, per in refs.items()},
+        router=router.meta, seed=seed, top_k=top_k, answer_key=bool(getattr(router, "needs_gold", False)),
+        isolation="process" if isinstance(router, IsolatedRouter) else "none", hardware=hardware(),
+        **derived_fields(predictions, benchmark, finished),
         timings=Timings(learn_seconds=learn_s, route_seconds=route_s,
                         latency_p50_ms=1000 * lat["p50_seconds_per_prompt"] if lat else None,
                         latency_p95_ms=1000 * lat["p95_seconds_per_prompt"] if lat else None,
@@ -375,6 +283,14 @@ def _resume_state(router: Router, benchmark: Benchmark, paths: RunPaths, seed: i
                           f"{benchmark.eval_split} split; start a new run.")
     if (previous.seed, previous.top_k, previous.router.name) != (seed, top_k, router.meta.name):
         raise ResumeError(f"{paths.results}: seed/top_k/router differ from this run; start a new run.")
+    before, now = previous.router.model_dump(mode="json"), router.meta.model_dump(mode="json")
+    changed = sorted(k for k in before["parameters"].keys() | now["parameters"].keys()
+                     if before["parameters"].get(k) != now["parameters"].get(k))
+    changed += [f for f in ("version", "zero_shot", "reference_row") if before[f] != now[f]]
+    if changed:
+        raise ResumeError(f"{paths.results} was run with other router settings ({', '.join(changed)} differ); "
+                          "resuming would mix two configurations in one file. Start a new run (--overwrite), or "
+                          "give this configuration its own name (--router-arg name=...).")
     done = previous.finished_experiences
     predictions = pl.read_parquet(paths.predictions).filter(pl.col("after_experience") <= done)
     checkpoint = paths.checkpoints / f"after_{done}"

@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "SUMMARY_METRICS",
     "hits_at_k",
     "reciprocal_rank",
     "accuracy_matrix",
@@ -45,6 +46,15 @@ __all__ = [
     "mean_std",
     "latency_summary",
 ]
+
+# The continual summaries stored per level in every results file, with the direction that is better.
+SUMMARY_METRICS: dict[str, dict[str, object]] = {
+    "final_average_accuracy": {"higher_is_better": True, "label": "accuracy after the last experience"},
+    "stream_average_accuracy": {"higher_is_better": True, "label": "accuracy averaged over the stream"},
+    "forgetting": {"higher_is_better": False, "label": "forgetting (drop since first learned)"},
+    "max_forgetting": {"higher_is_better": False, "label": "forgetting from the best earlier accuracy"},
+    "backward_transfer": {"higher_is_better": True, "label": "backward transfer (-forgetting)"},
+}
 
 # Upper bound on the number of resampled indices held in memory at once by ``paired_bootstrap``
 # (int64, so 2**22 indices are 32 MiB). Changing it changes the random stream, hence the results.

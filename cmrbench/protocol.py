@@ -52,6 +52,18 @@ class Router(Protocol):
 
 
 @runtime_checkable
+class ReferenceRouter(Router, Protocol):
+    """A harness reference that reads the answer key (the oracles): ``needs_gold = True``, and the evaluator
+    calls ``route_with_gold(prompts, top_k, gold_rows)`` instead of ``route``. Only routers whose meta says
+    ``reference_row=True`` may declare it (any other is refused); results record ``answer_key: true`` and
+    leaderboards list such rows apart, never ranked."""
+
+    needs_gold: bool
+
+    def route_with_gold(self, prompts: Sequence[str], top_k: int, gold: Any) -> list[Ranking]: ...
+
+
+@runtime_checkable
 class CheckpointableRouter(Router, Protocol):
     """A router that can save and restore its state after an experience (used by ``--resume``)."""
 

@@ -89,6 +89,9 @@ def _import(target: str) -> Any:
 def load_router(spec: str, args: dict[str, Any] | None = None, seed: int = 0) -> Router:
     """Build the router named by ``spec`` (registered name, ``module:Class`` or predictions folder)."""
     args = dict(args or {})
+    if spec in REGISTRY and Path(spec).is_dir():
+        raise RouterLoadError(f"'{spec}' is both a registered router and a folder here; write ./{spec} for the "
+                              f"folder of precomputed predictions, or run from elsewhere for the registered router")
     if spec in REGISTRY:
         factory = _import(REGISTRY[spec])
     elif ":" in spec:

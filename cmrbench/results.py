@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
+import re
 from pathlib import Path
 from typing import Literal
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
+from .fileio import atomic_write_text
 from .protocol import RouterMeta
 
-RESULTS_SCHEMA_VERSION = "1.1"  # 1.1: dataset.eval_split (1.0 files read as test-split runs)
+RESULTS_SCHEMA_VERSION = "1.2"  # 1.1: dataset.eval_split (1.0 files read as test-split runs); 1.2: answer_key, isolation
 LEVELS = ("model", "family", "domain")
 KS = (1, 3, 5, 10)
 
@@ -68,12 +69,15 @@ class Timings(_Strict):
 
 
 class Results(_Strict):
-    schema_version: Literal["1.0", "1.1"] = RESULTS_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1", "1.2"] = RESULTS_SCHEMA_VERSION
     cmrbench_version: str
     dataset: DatasetRef
     router: RouterMeta
     seed: int
     top_k: int
+    answer_key: bool = Field(False, description="the router was handed the test labels (reference rows only)")
+    isolation: Literal["none", "process"] = Field(
+        "none", description="process: the router ran in a worker process that never held test labels")
     hardware: Hardware
     status: Literal["partial", "complete"]
     finished_experiences: int
@@ -101,24 +105,6 @@ def hardware() -> Hardware:
                     memory_gb=round(psutil.virtual_memory().total / 2 ** 30, 1), accelerator=accel)
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary shareable files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_results(results: Results, path: Path) -> None:
     atomic_write_text(path, results.model_dump_json(indent=2) + "\n")
 
@@ -129,6 +115,24 @@ def load_results(path: Path) -> Results:
         return Results.model_validate_json(Path(path).read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{path}: not a valid CMRBench results file: {err}") from err
+
+
+RESULTS_NAME = re.compile(r"^[^.].*__.+__seed-?\d+\.json$")
+
+
+def find_results_files(folder: Path) -> list[Path]:
+    """Results files under ``folder``: ``<router>__<dataset>__seed<N>.json``, recursively, skipping hidden
+    names and router checkpoints (``*.checkpoints/``), so leaderboards, checkpoints and notes kept beside
+    results never count as results."""
+    folder = Path(folder)
+    out = []
+    for path in sorted(folder.rglob("*.json")):
+        parts = path.relative_to(folder).parts
+        if any(p.startswith(".") or p.endswith(".checkpoints") for p in parts[:-1]):
+            continue
+        if RESULTS_NAME.match(path.name):
+            out.append(path)
+    return out
 
 
 def results_json_schema() -> str:

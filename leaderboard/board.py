@@ -9,12 +9,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from cmrbench import __version__
-from cmrbench.metrics import mean_std
-from cmrbench.results import LEVELS, Results, load_results
+from cmrbench.analysis import verify
+from cmrbench.data import Benchmark, default_data_dir
+from cmrbench.metrics import SUMMARY_METRICS, mean_std
+from cmrbench.results import LEVELS, Results, find_results_files, load_results
 
-LEADERBOARD_SCHEMA_VERSION = "1.0"
-SUMMARY_FIELDS = ("final_average_accuracy", "stream_average_accuracy", "forgetting", "max_forgetting",
-                  "backward_transfer")
+LEADERBOARD_SCHEMA_VERSION = "1.1"   # 1.1: reference rows apart from the ranked entries
+SUMMARY_FIELDS = tuple(SUMMARY_METRICS)
 
 
 class Stat(BaseModel):
@@ -45,7 +46,9 @@ class Leaderboard(BaseModel):
     dataset: str
     manifest_sha256: str
     sort_by: str
-    entries: list[Entry]
+    entries: list[Entry] = Field(description="ranked routers, best first by sort_by in its better direction")
+    references: list[Entry] = Field(default_factory=list,
+                                    description="reference rows (oracles, random...): shown apart, never ranked")
 
 
 def stat(values: list[float | None]) -> Stat:
@@ -67,22 +70,49 @@ def _same_configuration(name: str, runs: list[tuple[Path, Results]]) -> None:
                              "give one a name of its own (--router-arg name=...) or rank them apart")
 
 
-def build_leaderboard(results_dir: Path, sort_by: str = "domain.final_average_accuracy") -> Leaderboard:
-    """Every complete results file under ``results_dir`` (validated), grouped by router name and version."""
+def sort_key(sort_by: str):
+    """The ranking key of ``LEVEL.METRIC``: its better direction first, then model-level and family-level final
+    accuracy, then the name (so equal domain scores never fall back to the alphabet alone)."""
     level, _, field = sort_by.partition(".")
-    if level not in LEVELS or field not in SUMMARY_FIELDS:
+    if level not in LEVELS or field not in SUMMARY_METRICS:
         raise ValueError(f"--sort-by '{sort_by}': use LEVEL.METRIC with LEVEL in {LEVELS} and METRIC in "
                          f"{SUMMARY_FIELDS}")
-    files = sorted(p for p in Path(results_dir).rglob("*.json") if not p.name.startswith("."))
-    groups: dict[tuple[str, str], list[tuple[Path, Results]]] = defaultdict(list)
-    datasets = set()
-    for path in files:
-        results = load_results(path)  # raises naming the file when it does not validate
-        if results.status != "complete":
-            continue
+    sign = -1.0 if SUMMARY_METRICS[field]["higher_is_better"] else 1.0
+
+    def value(e: Entry, lv: str, f: str, s: float) -> float:
+        mean = e.scores[lv][f].mean
+        return float("inf") if mean is None else s * mean
+
+    return lambda e: (value(e, level, field, sign), value(e, "model", "final_average_accuracy", -1.0),
+                      value(e, "family", "final_average_accuracy", -1.0), e.router)
+
+
+def load_verified(results_dir: Path, data: Path | Benchmark) -> list[tuple[Path, Results]]:
+    """Every results file under ``results_dir``, each verified against its predictions on the build ``data``."""
+    bench = data if isinstance(data, Benchmark) else None
+    out = []
+    for path in find_results_files(results_dir):
+        results = load_results(path)
         if results.dataset.eval_split != "test":
             raise ValueError(f"{path} scored the {results.dataset.eval_split} split (a development run); "
                              "leaderboards rank test-split runs only: move it out of the results folder")
+        if bench is None:
+            bench = Benchmark(data)
+        out.append((path, verify(path, bench)))
+    return out
+
+
+def build_leaderboard(results_dir: Path, sort_by: str = "domain.final_average_accuracy",
+                      data: Path | Benchmark | None = None) -> Leaderboard:
+    """Every complete results file under ``results_dir``, verified against the build ``data`` (default: where
+    ``cmrbench build`` writes), grouped by router name and version; seeds merged as mean and std."""
+    key = sort_key(sort_by)
+    data = default_data_dir() if data is None else data
+    groups: dict[tuple[str, str], list[tuple[Path, Results]]] = defaultdict(list)
+    datasets = set()
+    for path, results in load_verified(results_dir, data):
+        if results.status != "complete":
+            continue
         datasets.add((f"{results.dataset.name}-{results.dataset.version}-{results.dataset.stream}",
                       results.dataset.manifest_sha256))
         groups[(results.router.name, results.router.version)].append((path, results))
@@ -93,20 +123,25 @@ def build_leaderboard(results_dir: Path, sort_by: str = "domain.final_average_ac
     entries = []
     for (name, version), runs in groups.items():
         runs.sort(key=lambda pr: pr[1].seed)
+        seeds = [r.seed for _, r in runs]
+        for (a, ra), (b, rb) in zip(runs, runs[1:]):
+            if ra.seed == rb.seed:
+                raise ValueError(f"{a} and {b} are both '{name}' with seed {ra.seed}: one run counted twice (a copy, "
+                                 "or a reproduction beside the original); keep one of them in the folder")
         _same_configuration(name, runs)
         scores = {lv: {f: stat([getattr(r.summary[lv], f) for _, r in runs]) for f in SUMMARY_FIELDS}
                   for lv in LEVELS}
         entries.append(Entry(
             router=name, router_version=version, zero_shot=runs[0][1].router.zero_shot,
-            reference_row=runs[0][1].router.reference_row, seeds=[r.seed for _, r in runs], scores=scores,
+            reference_row=runs[0][1].router.reference_row, seeds=seeds, scores=scores,
             learn_seconds_total=stat([sum(r.timings.learn_seconds) for _, r in runs]),
             latency_p50_ms=stat([r.timings.latency_p50_ms for _, r in runs]),
             peak_rss_mb=stat([r.timings.peak_rss_mb for _, r in runs]),
             files=[str(p.relative_to(results_dir)) for p, _ in runs]))
-    key = lambda e: (-(e.scores[level][field].mean if e.scores[level][field].mean is not None else -1e9), e.router)
     (dataset, sha), = datasets
     return Leaderboard(cmrbench_version=__version__, dataset=dataset, manifest_sha256=sha, sort_by=sort_by,
-                       entries=sorted(entries, key=key))
+                       entries=sorted((e for e in entries if not e.reference_row), key=key),
+                       references=sorted((e for e in entries if e.reference_row), key=key))
 
 
 def _pct(stat: Stat) -> str:
@@ -115,19 +150,25 @@ def _pct(stat: Stat) -> str:
     return f"{100 * stat.mean:.1f}" + (f" ± {100 * stat.std:.1f}" if stat.n > 1 else "")
 
 
+def _row(e: Entry, rank: str) -> str:
+    kind = "reference" if e.reference_row else ("zero-shot" if e.zero_shot else "trained")
+    s = e.scores
+    return (f"| {rank} | {e.router} | {kind} | {_pct(s['model']['final_average_accuracy'])} | "
+            f"{_pct(s['family']['final_average_accuracy'])} | {_pct(s['domain']['final_average_accuracy'])} | "
+            f"{_pct(s['domain']['forgetting'])} | {_pct(s['domain']['backward_transfer'])} | "
+            f"{e.learn_seconds_total.mean:.1f} | {len(e.seeds)} |")
+
+
 def to_markdown(board: Leaderboard) -> str:
     head = ("| # | router | type | M-Acc | F-Acc | D-Acc | D-FGT | D-BWT | learn s | seeds |\n"
             "|---|---|---|---|---|---|---|---|---|---|")
-    rows = []
-    for i, e in enumerate(board.entries, start=1):
-        kind = "reference" if e.reference_row else ("zero-shot" if e.zero_shot else "trained")
-        s = e.scores
-        rows.append(f"| {i} | {e.router} | {kind} | {_pct(s['model']['final_average_accuracy'])} | "
-                    f"{_pct(s['family']['final_average_accuracy'])} | {_pct(s['domain']['final_average_accuracy'])} | "
-                    f"{_pct(s['domain']['forgetting'])} | {_pct(s['domain']['backward_transfer'])} | "
-                    f"{e.learn_seconds_total.mean:.1f} | {len(e.seeds)} |")
-    return (f"Leaderboard on {board.dataset} (accuracy after the last experience, %; mean ± std over seeds; "
+    rows = [_row(e, str(i)) for i, e in enumerate(board.entries, start=1)]
+    text = (f"Leaderboard on {board.dataset} (accuracy after the last experience, %; mean ± std over seeds; "
             f"sorted by {board.sort_by})\n\n" + head + "\n" + "\n".join(rows) + "\n")
+    if board.references:
+        text += ("\nReference rows (not ranked: they read the answer key or only bracket the scale)\n\n" + head + "\n"
+                 + "\n".join(_row(e, "–") for e in board.references) + "\n")
+    return text
 
 
 def leaderboard_json_schema() -> str:

@@ -25,7 +25,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from .publish import (default_message, format_plan, format_report, plan_as_json, plan_upload, publish,
                           report_as_json, token_from_env)
-    files = plan_upload(args.dataset, args.results, results_prefix=args.results_prefix)
+    files = plan_upload(args.dataset, args.results, results_prefix=args.results_prefix, data=args.data)
     endpoint = (args.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     if args.dry_run:
         print(plan_as_json(files) if args.json else format_plan(files, args.repo, args.revision or "main", endpoint))
@@ -61,7 +61,11 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                                    "commit sha (the revision to pin) is printed. --dry-run lists exactly the files "
                                    "(path, size, sha256) and sends nothing.")
     p.add_argument("--dataset", type=Path, default=None, help="built CMRBench folder (its dataset card included)")
-    p.add_argument("--results", type=Path, default=None, help="folder of results files (and predictions)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="folder of results files (and predictions); each results file must verify on the build")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the build results are verified against (default: --dataset, else where `cmrbench build` "
+                        "writes)")
     p.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repo")
     p.add_argument("--revision", default=None, metavar="BRANCH",
                    help="branch to commit to, created if missing (default main); the commit sha is reported")
@@ -104,7 +108,7 @@ def add_html_option(leaderboard_parser: argparse.ArgumentParser) -> None:
         rc = inner(args)
         if rc == 0 and args.html is not None:
             from .site import render_site
-            page = render_site(args.results_dir, args.html, sort_by=args.sort_by)
+            page = render_site(args.results_dir, args.html, sort_by=args.sort_by, data=args.data)
             print(f"leaderboard page: {page}")
         return rc
 

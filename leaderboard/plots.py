@@ -28,7 +28,7 @@ from pathlib import Path
 from cmrbench.leaderboard.site import (LEVEL_COLOURS, LEVEL_SHORT, PALETTE, experience_forgetting, mean_matrix,
                                        running_average)
 from cmrbench.metrics import mean_std
-from cmrbench.results import LEVELS, Results, load_results
+from cmrbench.results import LEVELS, Results, find_results_files, load_results
 
 log = logging.getLogger("cmrbench.plots")
 
@@ -51,13 +51,14 @@ def _matplotlib():
 
 
 def collect_results_files(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expand to their ``*.json`` files (recursively, hidden names skipped)."""
+    """Files as given; folders expand to the results files in them (:func:`cmrbench.results.find_results_files`:
+    recursively, skipping hidden names, checkpoints and other JSON)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*.json") if not any(part.startswith(".") for part in f.parts))
+            found = find_results_files(p)
             if not found:
-                raise ValueError(f"{p}: no results files (*.json) in this folder")
+                raise ValueError(f"{p}: no results files (<router>__<dataset>__seed<N>.json) in this folder")
             out.extend(found)
         elif p.is_file():
             out.append(p)

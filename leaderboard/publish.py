@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cmrbench.analysis import verify
+from cmrbench.data import Benchmark, default_data_dir
+from cmrbench.fileio import sha256_file
 from cmrbench.leaderboard.board import Leaderboard
-from cmrbench.results import load_results
-from cmrbench.builders.folder import sha256_file
+from cmrbench.results import RESULTS_NAME, load_results
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -52,11 +54,12 @@ class PublishReport:
 
 
 def _walk(folder: Path) -> list[Path]:
-    """Regular files under ``folder``, sorted, skipping hidden names (.git, .cache, ...) and __pycache__."""
+    """Regular files under ``folder``, sorted, skipping hidden names (.git, .cache, ...), __pycache__ and router
+    checkpoints (``*.checkpoints/``: weights for resuming, not results)."""
     out = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).parts
-        if any(part.startswith(".") or part == "__pycache__" for part in rel):
+        if any(part.startswith(".") or part == "__pycache__" or part.endswith(".checkpoints") for part in rel):
             continue
         if p.is_symlink():
             raise PublishError(f"{p}: symbolic links are not published; copy the file instead")
@@ -83,10 +86,17 @@ def _check_dataset(folder: Path, files: dict[str, PlannedFile]) -> dict:
     return manifest
 
 
-def _check_results_file(path: Path) -> None:
+def _check_results_file(path: Path, bench: Benchmark) -> None:
+    """A results file must verify against its predictions on the build; a leaderboard file must validate."""
+    if RESULTS_NAME.match(path.name):
+        try:
+            verify(path, bench)
+        except (ValueError, FileNotFoundError) as err:
+            raise PublishError(f"{path}: not published, it does not verify: {err}") from err
+        return
     try:
         load_results(path)
-        return
+        raise PublishError(f"{path}: a results file must be named <router>__<dataset>__seed<N>.json")
     except ValueError as results_err:
         try:
             Leaderboard.model_validate_json(path.read_text(encoding="utf-8"))
@@ -97,7 +107,7 @@ def _check_results_file(path: Path) -> None:
 
 
 def plan_upload(dataset: Path | None = None, results: Path | None = None,
-                results_prefix: str = "results") -> list[PlannedFile]:
+                results_prefix: str = "results", data: Path | None = None) -> list[PlannedFile]:
     """Exactly the files one publish commits, with their path in the repo, size and sha256, sorted by path.
 
     Args:
@@ -105,6 +115,8 @@ def plan_upload(dataset: Path | None = None, results: Path | None = None,
         results: a folder of results (``*.json`` checked, predictions Parquet and anything else kept);
             its files go under ``results_prefix`` (``""``: the root).
         results_prefix: folder in the repo for the results files.
+        data: the build results files are verified against (default: ``dataset``, else where ``cmrbench build``
+            writes).
     """
     if dataset is None and results is None:
         raise PublishError("nothing to publish: give --dataset DIR and/or --results DIR")
@@ -132,8 +144,9 @@ def plan_upload(dataset: Path | None = None, results: Path | None = None,
         jsons = [f for f in added.values() if f.local_path.suffix == ".json"]
         if not jsons:
             raise PublishError(f"{results}: no results files (*.json) to publish")
+        bench = Benchmark(data or dataset or default_data_dir())
         for f in jsons:
-            _check_results_file(f.local_path)
+            _check_results_file(f.local_path, bench)
     return [planned[k] for k in sorted(planned)]
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from cmrbench.leaderboard.board import SUMMARY_FIELDS, Entry, Leaderboard, Stat, build_leaderboard, stat
 from cmrbench.metrics import mean_std
-from cmrbench.results import LEVELS, Results, atomic_write_text, load_results
+from cmrbench.fileio import atomic_write_text
+from cmrbench.results import LEVELS, Results, load_results
 
 METRICS = ("acc@1", "acc@3", "acc@5", "acc@10", "mrr@10")
 LEVEL_SHORT = {"model": "M", "family": "F", "domain": "D"}
@@ -113,7 +114,7 @@ def collect(results_dir: Path, board: Leaderboard) -> tuple[list[RouterView], di
     taken: set[str] = set()
     references: dict[str, dict] = {}
     notes: list[str] = []
-    for entry in board.entries:
+    for entry in board.entries + board.references:
         runs = [load_results(results_dir / rel) for rel in entry.files]
         view = RouterView(slug=_slug(entry.router, entry.router_version, taken), entry=entry, runs=runs)
         for level in LEVELS:
@@ -291,9 +292,10 @@ def _kind_badge(kind: str) -> str:
 
 
 def _entry_row(rank: int, view: RouterView) -> str:
+    """One table row; ``rank`` 0 for a reference row (shown last, never ranked)."""
     e = view.entry
     s = e.scores
-    cells = [(str(rank), str(rank)),
+    cells = [(str(rank or 10 ** 6), str(rank) if rank else "–"),
              (e.router, f'<a href="#{view.slug}">{_e(e.router)}</a> <span class="ver">v{_e(e.router_version)}</span>'),
              (view.kind, _kind_badge(view.kind)),
              _stat_cell(s["model"]["final_average_accuracy"]), _stat_cell(s["family"]["final_average_accuracy"]),
@@ -565,7 +567,9 @@ def render_html(board: Leaderboard, views: list[RouterView], references: dict, n
             sort_attr = ' aria-sort="ascending"' if better == "low" else ' aria-sort="descending"'
         heads.append(f'<th data-key="{key}" data-type="{typ}" data-better="{better}" title="{_e(tip)}"'
                      f'{sort_attr}>{_e(label)}</th>')
-    rows = [_entry_row(i, v) for i, v in enumerate(views, start=1)]
+    ranked = [v for v in views if not v.entry.reference_row]
+    rows = [_entry_row(i, v) for i, v in enumerate(ranked, start=1)]
+    rows += [_entry_row(0, v) for v in views if v.entry.reference_row]   # references: shown, never ranked
     rows += [_reference_row(name, refs) for name, refs in sorted(references.items())]
     details = "".join(_detail(v) for v in views)
     n_files = sum(len(v.entry.files) for v in views)
@@ -614,7 +618,7 @@ def render_html(board: Leaderboard, views: list[RouterView], references: dict, n
 
 
 def render_site(results_dir: Path, out_dir: Path, sort_by: str = "domain.final_average_accuracy",
-                board: Leaderboard | None = None) -> Path:
+                board: Leaderboard | None = None, data: Path | None = None) -> Path:
     """Write ``out_dir/index.html`` (the page) and ``out_dir/leaderboard.json``; return the page's path.
 
     Args:
@@ -622,9 +626,10 @@ def render_site(results_dir: Path, out_dir: Path, sort_by: str = "domain.final_a
         out_dir: created if missing; the two files are replaced atomically.
         sort_by: ``LEVEL.METRIC`` that ranks the table (the page can re-sort by any column).
         board: an already built leaderboard of ``results_dir`` (built here when omitted).
+        data: the dataset build the results are verified against (when ``board`` is built here).
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    board = board or build_leaderboard(results_dir, sort_by)
+    board = board or build_leaderboard(results_dir, sort_by, data)
     views, references, notes = collect(results_dir, board)
     page = out_dir / "index.html"
     atomic_write_text(page, render_html(board, views, references, notes))

@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 
 from cmrbench.data import Benchmark, HiddenInformationError
-from cmrbench.evaluate import RouterCallError, evaluate, score_predictions
+from cmrbench.evaluate import RouterCallError, evaluate
+from cmrbench.scoring import score_predictions
 from cmrbench.protocol import RouterMeta
 from cmrbench.registry import load_router
 from cmrbench.results import load_results
@@ -130,7 +131,7 @@ def test_validation_protocol_scores_withheld_validation_prompts(synthetic_hub, t
     assert res.dataset.eval_split == "validation" and dev.name.endswith("-validation")
     assert len(list(tmp_path.glob("*-validation__seed0.json"))) == 1
     with pytest.raises(ValueError, match="validation split .*leaderboards rank test-split runs only"):
-        build_leaderboard(tmp_path)
+        build_leaderboard(tmp_path, data=synthetic_hub)
     with pytest.raises(ValueError, match="eval_split must be one of"):
         Benchmark(synthetic_hub, eval_split="train")
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cmrbench.analysis import compare, rescore
+from cmrbench.analysis import compare, verify
 from cmrbench.cli import main
 from cmrbench.data import Benchmark
 from cmrbench.evaluate import evaluate
 from cmrbench.leaderboard.board import build_leaderboard, leaderboard_json_schema, to_markdown
+from cmrbench.manifest import manifest_json_schema
 from cmrbench.registry import load_router
 from cmrbench.results import load_results, results_json_schema
 
@@ -22,6 +23,7 @@ def test_committed_schemas_match_the_code():
     assert (SCHEMAS / "results.schema.json").read_text() == results_json_schema(), \
         "regenerate leaderboard/schema/*.json (see README, 'Results files')"
     assert (SCHEMAS / "leaderboard.schema.json").read_text() == leaderboard_json_schema()
+    assert (SCHEMAS / "manifest.schema.json").read_text() == manifest_json_schema()
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +47,21 @@ def test_unknown_fields_are_rejected(runs, tmp_path):
         load_results(bad)
 
 
-def test_leaderboard_merges_seeds_and_ranks(runs, tmp_path):
-    board = build_leaderboard(runs, "domain.final_average_accuracy")
-    names = [e.router for e in board.entries]
-    assert names[0] == "domain-oracle"
-    random_entry = next(e for e in board.entries if e.router == "random")
+def test_leaderboard_merges_seeds_and_ranks(runs, synthetic_hub, tmp_path):
+    board = build_leaderboard(runs, "domain.final_average_accuracy", synthetic_hub)
+    # harness references (random, most-frequent, the oracles) are shown apart, never ranked
+    assert board.entries == [] and [e.router for e in board.references] == ["domain-oracle", "most-frequent", "random"]
+    random_entry = next(e for e in board.references if e.router == "random")
     assert random_entry.seeds == [0, 1] and random_entry.scores["domain"]["final_average_accuracy"].n == 2
     md = to_markdown(board)
-    assert "| 1 | domain-oracle | reference |" in md
-    assert main(["leaderboard", str(runs), "--out", str(tmp_path / "lb.json")]) == 0
-    assert json.loads((tmp_path / "lb.json").read_text())["entries"][0]["router"] == "domain-oracle"
+    assert "| – | domain-oracle | reference |" in md and "| 1 | " not in md
+    assert main(["leaderboard", str(runs), "--out", str(tmp_path / "lb.json"), "--data", str(synthetic_hub)]) == 0
+    written = json.loads((tmp_path / "lb.json").read_text())
+    assert written["references"][0]["router"] == "domain-oracle"
     assert (tmp_path / "lb.md").read_text() == md
 
 
-def test_seeds_with_different_settings_are_not_merged(runs, tmp_path):
+def test_seeds_with_different_settings_are_not_merged(runs, synthetic_hub, tmp_path):
     import shutil
     for path in runs.glob("random__*seed*"):
         shutil.copy(path, tmp_path / path.name)
@@ -67,12 +70,12 @@ def test_seeds_with_different_settings_are_not_merged(runs, tmp_path):
     data["router"]["parameters"]["candidates"] = "all"
     one.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="both 'random' but differ in candidates.*--router-arg name="):
-        build_leaderboard(tmp_path)
+        build_leaderboard(tmp_path, data=synthetic_hub)
 
 
-def test_rescore_reproduces_stored_matrices(runs, synthetic_hub):
+def test_every_stored_number_is_recomputed_from_the_predictions(runs, synthetic_hub):
     path = next(runs.glob("most-frequent__*.json"))
-    assert rescore(path, synthetic_hub) == load_results(path).matrices
+    assert verify(path, synthetic_hub) == load_results(path)
 
 
 def test_compare_is_a_paired_bootstrap(runs, synthetic_hub):

@@ -106,20 +106,20 @@ def results_dir(synthetic_hub, tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------------------------- historic files
 
-def test_historic_results_files_still_load_and_rank():
+def test_historic_results_files_still_load_verify_and_rank(synthetic_hub):
     assert len(HISTORIC) >= 3, "tests/fixtures/results lost its historic results files"
     for path in HISTORIC:
         r = load_results(path)
         assert r.schema_version == "1.0" and r.status == "complete"
-    board = build_leaderboard(FIXTURES)
+    board = build_leaderboard(FIXTURES, data=synthetic_hub)
     assert board.schema_version == LEADERBOARD_SCHEMA_VERSION
-    assert [e.router for e in board.entries] == ["oracle", "most-frequent", "random"]
-    random_entry = board.entries[2]
+    assert board.entries == [] and [e.router for e in board.references] == ["oracle", "most-frequent", "random"]
+    random_entry = board.references[2]
     assert random_entry.seeds == [0, 1] and random_entry.scores["domain"]["final_average_accuracy"].n == 2
 
 
-def test_historic_results_render_as_a_page(tmp_path):
-    page = render_site(FIXTURES, tmp_path / "site")
+def test_historic_results_render_as_a_page(synthetic_hub, tmp_path):
+    page = render_site(FIXTURES, tmp_path / "site", data=synthetic_hub)
     text = page.read_text(encoding="utf-8")
     data = _page_data(text)
     assert [r["router"] for r in data["routers"]] == ["oracle", "most-frequent", "random"]
@@ -135,7 +135,7 @@ def _page_data(text: str) -> dict:
     return json.loads(m.group(1))
 
 
-def test_page_is_self_contained_and_escapes_names(results_dir, tmp_path):
+def test_page_is_self_contained_and_escapes_names(results_dir, synthetic_hub, tmp_path):
     # a results file whose router name tries to close the script element and inject markup
     evil_dir = tmp_path / "runs"
     shutil.copytree(results_dir, evil_dir)
@@ -143,8 +143,9 @@ def test_page_is_self_contained_and_escapes_names(results_dir, tmp_path):
     data = json.loads(src.read_text())
     evil = '</script><img src=x onerror="alert(1)">'
     data["router"].update(name=evil, reference_row=False, description=evil, reference="javascript:alert(1)")
-    (evil_dir / "evil.json").write_text(json.dumps(data))
-    text = render_site(evil_dir, tmp_path / "site").read_text(encoding="utf-8")
+    (evil_dir / "evil__CMRBench-v1-synthetic__seed0.json").write_text(json.dumps(data))
+    shutil.copy(src.with_name(data["predictions_file"]), evil_dir / data["predictions_file"])
+    text = render_site(evil_dir, tmp_path / "site", data=synthetic_hub).read_text(encoding="utf-8")
     assert evil not in text and 'href="javascript:' not in text
     assert text.count("</script>") == 2  # the data and the code, nothing else
     assert evil in [r["router"] for r in _page_data(text)["routers"]]
@@ -277,12 +278,12 @@ class Chromium:
 ROWS_JS = "Array.from(document.querySelectorAll('#leaderboard tbody tr')).filter(r => !r.hidden)"
 
 
-def test_page_in_headless_chromium(results_dir, tmp_path):
+def test_page_in_headless_chromium(results_dir, synthetic_hub, tmp_path):
     binary = _chromium()
     if binary is None:
         pytest.skip("no Chromium binary (apt-get install chromium, or set CMRBENCH_CHROMIUM): page not checked "
                     "in a browser")
-    board = build_leaderboard(results_dir)
+    board = build_leaderboard(results_dir, data=synthetic_hub)
     page = render_site(results_dir, tmp_path / "site", board=board)
     data = _page_data(page.read_text(encoding="utf-8"))
     browser = Chromium(binary, tmp_path / "profile")
@@ -291,11 +292,16 @@ def test_page_in_headless_chromium(results_dir, tmp_path):
         assert browser.js("window.CMRBENCH_READY === true")
         assert browser.js("document.querySelector('#dataset').textContent") == board.dataset
 
-        # every router and every exact reference row is in the table, in the board's order first
+        # every router and every exact reference row is in the table: ranked routers in the board's order, then
+        # routers that are references (never ranked), then the exact reference rows
         rows = browser.js(f"{ROWS_JS}.map(r => r.dataset.router)")
         entries = [e.router for e in board.entries]
+        references = [e.router for e in board.references]
         assert rows[:len(entries)] == entries
-        assert sorted(rows[len(entries):]) == sorted(data["reference_rows"])
+        assert rows[len(entries):len(entries) + len(references)] == references
+        assert sorted(rows[len(entries) + len(references):]) == sorted(data["reference_rows"])
+        ranks = browser.js("Array.from(document.querySelectorAll('tr.entry')).map(r => r.cells[0].textContent)")
+        assert ranks == [str(i) for i in range(1, len(entries) + 1)] + ["–"] * len(references)
         badges = browser.js("Object.fromEntries(Array.from(document.querySelectorAll('tr.entry'))"
                             ".map(r => [r.dataset.router, r.querySelector('.badge').textContent]))")
         assert badges["overlap"] == "zero-shot" and badges["memo"] == "trained" and badges["oracle"] == "reference"
@@ -310,10 +316,10 @@ def test_page_in_headless_chromium(results_dir, tmp_path):
         assert browser.js("document.querySelector('th[data-key=m_acc]').getAttribute('aria-sort')") == "descending"
         values = [float(v.split("|")[1]) for v in column("m_acc") if v.split("|")[1]]
         assert values == sorted(values, reverse=True) and len(values) == len(rows)
-        expected = sorted([(e.scores["model"]["final_average_accuracy"].mean, e.router) for e in board.entries]
-                          + [(lv["model"]["final_average_accuracy"], name) for name, lv in data["reference_rows"].items()],
-                          key=lambda x: -x[0])
-        assert [v.split("|")[0] for v in column("m_acc")][0] == expected[0][1] == "oracle"
+        best = max([e.scores["model"]["final_average_accuracy"].mean for e in board.entries + board.references]
+                   + [lv["model"]["final_average_accuracy"] for lv in data["reference_rows"].values()])
+        top = [v.split("|") for v in column("m_acc")][0]
+        assert best == 1.0 and float(top[1]) == 1.0
         browser.js("document.querySelector('th[data-key=m_acc]').click()")
         values_up = [float(v.split("|")[1]) for v in column("m_acc")]
         assert values_up == sorted(values_up)
@@ -328,7 +334,7 @@ def test_page_in_headless_chromium(results_dir, tmp_path):
 
         # filters: hide the exact reference rows, then filter by name
         browser.js("document.getElementById('show-expected').click()")
-        assert browser.js(f"{ROWS_JS}.length") == len(entries)
+        assert browser.js(f"{ROWS_JS}.length") == len(entries) + len(references)
         browser.js("const f = document.getElementById('filter'); f.value = 'mem'; "
                    "f.dispatchEvent(new Event('input'))")
         assert browser.js(f"{ROWS_JS}.map(r => r.dataset.router)") == ["memo"]
@@ -387,7 +393,7 @@ def test_page_in_headless_chromium(results_dir, tmp_path):
             shutil.copy(png, Path(keep) / png.name)
 
 
-def test_leaderboard_html_option(results_dir, tmp_path, capsys):
+def test_leaderboard_html_option(results_dir, synthetic_hub, tmp_path, capsys):
     from cmrbench.cli import build_parser
     parser = build_parser()
     sub = next(a for a in parser._subparsers._group_actions if a.choices and "leaderboard" in a.choices)
@@ -395,7 +401,7 @@ def test_leaderboard_html_option(results_dir, tmp_path, capsys):
     if not any("--html" in a.option_strings for a in lb._actions):  # not wired into cmrbench/cli.py yet
         add_html_option(lb)
     args = parser.parse_args(["leaderboard", str(results_dir), "--out", str(tmp_path / "lb.json"),
-                              "--html", str(tmp_path / "site")])
+                              "--html", str(tmp_path / "site"), "--data", str(synthetic_hub)])
     assert args.func(args) == 0
     assert (tmp_path / "lb.json").is_file() and (tmp_path / "lb.md").is_file()
     assert (tmp_path / "site" / "index.html").is_file()
@@ -486,7 +492,7 @@ def test_publish_checks_folders_before_sending(synthetic_hub, tmp_path):
     bad_results.mkdir()
     (bad_results / "notes.json").write_text('{"hello": 1}')
     with pytest.raises(PublishError, match="notes.json: neither a results file nor a leaderboard file"):
-        plan_upload(results=bad_results)
+        plan_upload(results=bad_results, data=synthetic_hub)
 
 
 def test_publish_offline_or_unreachable_is_one_clear_line(synthetic_hub, monkeypatch, capsys):

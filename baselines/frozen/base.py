@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from cmrbench.protocol import Ranking, RouterMeta
-from cmrbench.results import atomic_write_text
+from cmrbench.fileio import atomic_write_text
 
 from cmrbench.baselines.retrieval.cardtext import card_text
 from cmrbench.baselines.retrieval.base import top_rankings

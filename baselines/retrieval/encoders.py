@@ -34,13 +34,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+
+from cmrbench.fileio import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +65,7 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ------------------------------------------------------------------------------------ fingerprints
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def folder_fingerprint(folder: str | Path, memo_file: Path | None = None) -> str:
     """sha256 over the (relative path, content sha256) of a model folder's weight, config and tokenizer files.
@@ -109,14 +91,14 @@ def folder_fingerprint(folder: str | Path, memo_file: Path | None = None) -> str
         memo_key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
         digest = memo.get(memo_key)
         if digest is None:
-            digest = memo[memo_key] = _sha256_file(path)
+            digest = memo[memo_key] = sha256_file(path)
             changed = True
         parts.append(f"{rel.as_posix()}:{digest}")
     if not parts:
         raise FileNotFoundError(f"{folder} holds no model files ({', '.join(WEIGHT_SUFFIXES)})")
     if changed and memo_file is not None:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(memo_file, lambda fh: fh.write(json.dumps(memo, indent=0, sort_keys=True).encode()))
+        atomic_write(memo_file, lambda fh: fh.write(json.dumps(memo, indent=0, sort_keys=True).encode()))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -164,7 +146,7 @@ class EmbeddingCache:
         folder = self.folder / ns
         if not (folder / "meta.json").is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(folder / "meta.json", lambda fh: fh.write(json.dumps(identity, indent=2, sort_keys=True,
+            atomic_write(folder / "meta.json", lambda fh: fh.write(json.dumps(identity, indent=2, sort_keys=True,
                                                                                 default=str).encode()))
         return ns
 
@@ -208,9 +190,9 @@ class EmbeddingCache:
         folder = self.folder / ns
         folder.mkdir(parents=True, exist_ok=True)
         if sparse:
-            _atomic_write(folder / shard, lambda fh: sp.save_npz(fh, sp.csr_matrix(rows), compressed=False))
+            atomic_write(folder / shard, lambda fh: sp.save_npz(fh, sp.csr_matrix(rows), compressed=False))
         else:
-            _atomic_write(folder / shard, lambda fh: np.save(fh, np.ascontiguousarray(rows)))
+            atomic_write(folder / shard, lambda fh: np.save(fh, np.ascontiguousarray(rows)))
         line = (json.dumps({"shard": shard, "keys": list(keys)}) + "\n").encode()
         fd = os.open(folder / "index.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from cmrbench.data import Experience
 from cmrbench.protocol import Ranking, RouterMeta
-from cmrbench.results import atomic_write_text
+from cmrbench.fileio import atomic_write_text
 
 from .backbone import DTYPES, GORILLA_TEMPLATE, load_tokenizer, lora_target_modules, pick_device, resolve_backbone
 from .config import load_config

@@ -32,7 +32,7 @@ import torch
 
 from cmrbench.data import Experience
 from cmrbench.protocol import Ranking, RouterMeta
-from cmrbench.results import atomic_write_text
+from cmrbench.fileio import atomic_write_text
 
 from cmrbench.baselines.models import spec_of
 from cmrbench.baselines.retrieval.cardtext import card_text

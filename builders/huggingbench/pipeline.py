@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, constants as hf_constants
 from tqdm.auto import tqdm
+
+from cmrbench.fileio import atomic_write, atomic_write_text
 
 from ..taxonomy import TASKS, domain_for_task
 from .generate import QUERIES_PER_MODEL, clean_card, explode_queries, filter_descriptions, generate_queries
@@ -93,31 +94,16 @@ class HuggingBenchConfig:
 # ----------------------------------------------------------------------------------------- files
 
 def _write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(fh) -> None:
+        for row in rows:
+            fh.write((json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    atomic_write(path, write)
 
 
 def _write_json_atomic(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
