@@ -270,7 +270,7 @@ def test_joint_trains_from_scratch_on_the_union_at_the_last_experience(hub, smal
     for exp in bench.train_stream:
         joint.learn(exp)
         cumulative.learn(exp)
-    union = sum(bench.train_stream[t].train.height for t in range(3))
+    union = sum(bench.train_stream[t].train.height + bench.train_stream[t].validation.height for t in range(3))
     assert joint.history[-1]["examples"] == cumulative.history[-1]["examples"] == union
     assert joint.history[-1]["epochs"] == joint.cfg["joint_epochs"]
     assert joint.history[-2]["epochs"] == cumulative.history[-2]["epochs"] == small["epochs"]
@@ -390,3 +390,36 @@ def test_orthogonal_projection_keeps_backbone_cosines(tiny_bert):
     assert torch.equal(w, projection_weight(32, 48, "orthogonal", seed=3))
     with pytest.raises(ValueError, match="projection_init"):
         projection_weight(32, 16, "identity", seed=3)
+
+
+def test_card_examples_train_on_new_models_cards_but_never_enter_the_replay_budget(hub, small):
+    from cmrbench.baselines.strategies.replay import ReplayRouter
+
+    bench = Benchmark(hub)
+    router = ReplayRouter(seed=0, **{**small, "epochs": 1, "card_examples": True, "replay_fraction": 1.0})
+    exp = bench.train_stream[0]
+    current = router.current_examples(exp)
+    cards = current.filter(pl.col("card"))
+    assert set(cards["model_id"]) == set(exp.new_classes_in_this_experience)
+    assert cards["prompt_id"].str.starts_with("card:").all() and (cards["weight"] == 0.5).all()
+    router.learn(exp)
+    stored = router.buffer.frame()
+    assert stored.height == exp.train.height + exp.validation.height and not stored["card"].any()
+
+
+def test_domain_smoothing_spreads_target_mass_over_the_gold_domain(hub, small):
+    from cmrbench.baselines.trainable.training import AllModels, Batch
+
+    net_router = NaiveRouter(seed=0, **{**small, "epochs": 0})
+    exp = Benchmark(hub).train_stream[0]
+    net_router.learn(exp)
+    net = net_router.net
+    rows = {"D1": [0, 1, 2], "D2": [3]}
+    frame = pl.DataFrame({"domain": ["D1", "D2"]})
+    batch = Batch(rows=[0, 1], frame=frame, prompts=["a", "b"], targets=torch.tensor([1, 3]),
+                  weights=torch.ones(2))
+    target = AllModels(0.3, rows)(batch, net, 0).target
+    assert torch.allclose(target.sum(1), torch.ones(2))
+    assert target[0, 1] == pytest.approx(0.7) and target[0, 0] == target[0, 2] == pytest.approx(0.15)
+    assert target[1, 3] == 1.0                     # alone in its domain: one-hot
+    assert torch.equal(AllModels()(batch, net, 0).target, batch.targets)

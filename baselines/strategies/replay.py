@@ -39,7 +39,8 @@ class ReplayRouter(TrainableRouter):
                          how="vertical_relaxed")
 
     def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame) -> None:
-        self.buffer.add_experience(experience.current_experience, current)
+        # the budget is a share of the experience's training prompts; card examples are not prompts
+        self.buffer.add_experience(experience.current_experience, current.filter(~pl.col("card")))
 
     def extra_state(self) -> dict[str, Any]:
         return {"frames": self.buffer.state_frames()}

@@ -82,12 +82,29 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def examples_from(frame: pl.DataFrame, experience: int, *, replay: bool = False, weight: float = 1.0) -> pl.DataFrame:
-    """Learner rows -> training examples (adds ``experience``, ``replay`` and ``weight`` columns)."""
+def examples_from(frame: pl.DataFrame, experience: int, *, replay: bool = False, weight: float = 1.0,
+                  card: bool = False) -> pl.DataFrame:
+    """Learner rows -> training examples (adds ``experience``, ``replay``, ``weight`` and ``card`` columns)."""
     cols = [c for c in EXAMPLE_COLUMNS if c in frame.columns]
     return frame.select(cols).with_columns(pl.lit(experience, dtype=pl.Int32).alias("experience"),
                                            pl.lit(replay).alias("replay"),
-                                           pl.lit(weight, dtype=pl.Float32).alias("weight"))
+                                           pl.lit(weight, dtype=pl.Float32).alias("weight"),
+                                           pl.lit(card).alias("card"))
+
+
+def card_examples(experience: Experience, weight: float) -> pl.DataFrame:
+    """The card descriptions of the models new in ``experience`` as training examples (prompt = description,
+    ``card`` True), so a router also learns from the text every model is published with."""
+    new = set(experience.new_classes_in_this_experience)
+    cards = experience.cards.filter(pl.col("model_id").is_in(list(new)))
+    family = {m: sorted(f)[0] if len(f) else m for m, f in experience.models.select("model_id", "families").rows()}
+    frame = pl.DataFrame({
+        "prompt_id": [f"card:{c}" for c in cards["card_id"]],
+        "prompt": [card_text(c, "description") or m for c, m in cards.select("card", "model_id").rows()],
+        "model_id": cards["model_id"], "family": [family.get(m, m) for m in cards["model_id"]],
+        "domain": cards["domain"]}, schema={c: pl.String for c in ("prompt_id", "prompt", "model_id", "family",
+                                                                   "domain")})
+    return examples_from(frame, experience.current_experience, weight=weight, card=True)
 
 
 def backbone_label(name: str) -> str:
@@ -166,7 +183,15 @@ class TrainableRouter:
 
     def candidate_sampler(self, experience: Experience) -> CandidateSampler:
         if self.cfg["candidates"] == "all":
-            return AllModels()
+            eps = float(self.cfg["domain_smoothing"])
+            if eps <= 0:
+                return AllModels()
+            registry = self.ensure_net().registry
+            rows: dict[str, list[int]] = {}
+            for model_id, domains in experience.models.select("model_id", "domains").rows():
+                for d in domains:
+                    rows.setdefault(d, []).append(registry.index[model_id])
+            return AllModels(eps, rows)
         if self.cfg["candidates"] == "sampled":
             return RandomCandidates(self.cfg["num_candidates"], self.seed * 1000 + experience.current_experience)
         raise ValueError(f"candidates must be 'all' or 'sampled', not {self.cfg['candidates']!r}")
@@ -210,7 +235,7 @@ class TrainableRouter:
         new_ids = [net.registry.ids[r] for r in rows]
         wanted = set(new_ids)
         texts, owners, weights = [], [], []
-        for prompt, model_id, weight in current.select("prompt", "model_id", "weight").rows():
+        for prompt, model_id, weight in current.filter(~pl.col("card")).select("prompt", "model_id", "weight").rows():
             if model_id in wanted:
                 texts.append(prompt), owners.append(model_id), weights.append(float(weight))
         card_weight = float(self.cfg["card_weight"])
@@ -241,11 +266,16 @@ class TrainableRouter:
     # ------------------------------------------------------------------------------------ protocol
 
     def current_examples(self, experience: Experience) -> pl.DataFrame:
+        """This experience's training prompts (+ validation ones, + new models' cards, as configured)."""
         t = experience.current_experience
         frames = [experience.train]
         if self.cfg["train_on_validation"]:
             frames.append(experience.validation)
-        return examples_from(pl.concat(frames, how="vertical_relaxed"), t)
+        examples = examples_from(pl.concat(frames, how="vertical_relaxed"), t)
+        if self.cfg["card_examples"]:
+            examples = pl.concat([examples, card_examples(experience, float(self.cfg["card_weight"]))],
+                                 how="diagonal_relaxed")
+        return examples
 
     def learn(self, experience: Experience) -> None:
         with deterministic(self.cfg["deterministic"]):

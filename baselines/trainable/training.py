@@ -161,10 +161,27 @@ class CandidateSampler(Protocol):
 
 
 class AllModels:
-    """Cross-entropy over every registered model (the registry holds exactly the models seen so far)."""
+    """Cross-entropy over every registered model (the registry holds exactly the models seen so far).
+
+    ``domain_smoothing`` = eps > 0 makes the target (1 - eps) on the gold model and eps spread evenly over the
+    other registered models of the gold domain (``domain_rows``: domain -> registry rows), one-hot when the
+    domain has no other model: label smoothing that teaches which models are interchangeable at domain level.
+    """
+
+    def __init__(self, domain_smoothing: float = 0.0, domain_rows: dict[str, list[int]] | None = None):
+        self.eps = float(domain_smoothing)
+        self.domain_rows = domain_rows or {}
 
     def __call__(self, batch: "Batch", net: RouterNet, step: int) -> CandidateSet:
-        return CandidateSet(None, batch.targets)
+        if self.eps <= 0:
+            return CandidateSet(None, batch.targets)
+        target = torch.zeros(len(batch.rows), len(net.registry), device=net.device)
+        for i, (gold, domain) in enumerate(zip(batch.targets.tolist(), batch.frame["domain"].to_list())):
+            others = [r for r in self.domain_rows.get(domain, []) if r != gold]
+            target[i, gold] = 1.0 if not others else 1.0 - self.eps
+            if others:
+                target[i, others] = self.eps / len(others)
+        return CandidateSet(None, target)
 
 
 class RandomCandidates:
