@@ -423,3 +423,22 @@ def test_domain_smoothing_spreads_target_mass_over_the_gold_domain(hub, small):
     assert target[0, 1] == pytest.approx(0.7) and target[0, 0] == target[0, 2] == pytest.approx(0.15)
     assert target[1, 3] == 1.0                     # alone in its domain: one-hot
     assert torch.equal(AllModels()(batch, net, 0).target, batch.targets)
+
+
+def test_prior_weight_one_routes_exactly_as_ncm_and_checkpoints_keep_the_prior(hub, small, tmp_path):
+    from cmrbench.baselines.frozen.ncm import NCMRouter
+
+    bench = Benchmark(hub)
+    router = NaiveRouter(seed=0, **{**small, "epochs": 1, "prior_weight": 1.0})
+    ncm = NCMRouter(card_weight=router.cfg["card_weight"])
+    for exp in (bench.train_stream[0], bench.train_stream[1]):
+        router.learn(exp)
+        ncm.learn(exp)
+    prompts = prompts_of(hub, 1) + prompts_of(hub, 2)
+    assert [[m for m, _ in r] for r in router.route(prompts, 5)] == [[m for m, _ in r] for r in ncm.route(prompts, 5)]
+    mixed = NaiveRouter(seed=0, **{**small, "epochs": 1, "prior_weight": 0.5})
+    mixed.learn(bench.train_stream[0])
+    mixed.save(tmp_path / "ckpt")
+    fresh = NaiveRouter(seed=0, **{**small, "epochs": 1, "prior_weight": 0.5})
+    fresh.load(tmp_path / "ckpt")
+    assert fresh.route(prompts_of(hub, 1), 5) == mixed.route(prompts_of(hub, 1), 5)

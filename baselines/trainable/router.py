@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -40,7 +41,7 @@ from cmrbench.baselines.retrieval.cardtext import card_text
 from .backbone import ALIASES, TextBackbone
 from .config import load_config
 from .training import (AllModels, BatchSampler, Callback, CandidateSampler, LossHook, RandomCandidates, RouterNet,
-                       Trainer, seeded_generator, shuffled_batches)
+                       Trainer, mix_prior, seeded_generator, shuffled_batches)
 
 VERSION = "1"
 log = logging.getLogger("cmrbench.trainable")
@@ -116,6 +117,29 @@ def backbone_label(name: str) -> str:
     return Path(resolved).name if Path(resolved).is_absolute() else resolved
 
 
+class FrozenPrior:
+    """The ``ncm`` router's cosine scores in registry row order: a prototype classifier on a frozen encoder that
+    learns every experience exactly and never forgets (config ``prior_weight`` > 0 mixes it into the logits)."""
+
+    def __init__(self, weight: float, encoder: str, card_weight: float, use_validation: bool):
+        from cmrbench.baselines.frozen.ncm import NCMRouter
+
+        self.weight = float(weight)
+        self.ncm = NCMRouter(model=None if encoder == "minilm" else encoder, card_weight=card_weight,
+                             use_validation=use_validation)
+        self.columns: np.ndarray | None = None   # prototypes in registry row order
+
+    def learn(self, experience: Experience, registry_ids: Sequence[str]) -> None:
+        self.ncm.learn(experience)
+        self.align(registry_ids)
+
+    def align(self, registry_ids: Sequence[str]) -> None:
+        self.columns = self.ncm.prototypes()[[self.ncm.index[m] for m in registry_ids]].astype(np.float32)
+
+    def cosines(self, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.from_numpy(self.ncm.encoder.embed(list(prompts), "query") @ self.columns.T)
+
+
 @dataclass
 class Snapshot:
     """The router as it was at the end of an experience."""
@@ -145,6 +169,8 @@ class TrainableRouter:
                                reference="https://arxiv.org/abs/2605.28577",
                                training_data=[f"pre-trained backbone {backbone_label(self.cfg['backbone'])}"])
         self.net: RouterNet | None = None
+        self.prior = (FrozenPrior(self.cfg["prior_weight"], self.cfg["prior_encoder"], self.cfg["card_weight"],
+                                  self.cfg["train_on_validation"]) if self.cfg["prior_weight"] > 0 else None)
         self.base: dict[str, torch.Tensor] | None = None   # tracked parameters right after building
         self.previous: Snapshot | None = None
         self.finished = 0
@@ -212,7 +238,7 @@ class TrainableRouter:
         c = self.cfg
         return Trainer(self.ensure_net(), lr_backbone=c["lr_backbone"], lr_projection=c["lr_projection"],
                        lr_registry=c["lr_registry"], weight_decay=c["weight_decay"], warmup_steps=c["warmup_steps"],
-                       grad_clip=c["grad_clip"], schedule=c["schedule"])
+                       grad_clip=c["grad_clip"], schedule=c["schedule"], prior=self.prior)
 
     def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame) -> None:
         """After training on ``experience``."""
@@ -286,6 +312,8 @@ class TrainableRouter:
             self.previous = (Snapshot(self.finished, len(net.registry), net.snapshot()) if self.finished else None)
             new_rows = net.registry.extend(sorted(experience.classes_seen_so_far), experience=t,
                                            generator=seeded_generator(self.seed, t, 3))
+            if self.prior is not None:
+                self.prior.learn(experience, net.registry.ids)
             current = self.current_examples(experience)
             self.initialise_rows(experience, current, new_rows)
             self.begin_experience(experience, current)
@@ -308,7 +336,7 @@ class TrainableRouter:
         with deterministic(self.cfg["deterministic"]):
             z = net.encode(list(prompts), self.cfg["eval_batch_size"])
             with torch.no_grad():
-                scores = net.logits(z).float().cpu()
+                scores = mix_prior(net.logits(z), self.prior, prompts, None, net.tau).float().cpu()
         k = min(top_k, scores.shape[1])
         values, index = torch.sort(scores, dim=1, descending=True, stable=True)
         ids = net.registry.ids
@@ -326,6 +354,8 @@ class TrainableRouter:
         torch.save(extra.get("tensors", {}), folder / "strategy.pt")
         for name, frame in extra.get("frames", {}).items():
             frame.write_parquet(folder / f"{name}.parquet")
+        if self.prior is not None:
+            self.prior.ncm.save(folder / "prior")
         info = {"router": self.meta.name, "strategy": self.config_name, "version": VERSION, "seed": self.seed,
                 "config": self.cfg, "finished": self.finished, "n_experiences": self.n_experiences,
                 "registry": net.registry.state(), "history": self.history,
@@ -344,6 +374,9 @@ class TrainableRouter:
         net.registry.resize_to(info["registry"]["ids"], info["registry"]["first_experience"])
         net.to(net.device)
         net.load_tracked(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+        if self.prior is not None:
+            self.prior.ncm.load(folder / "prior")
+            self.prior.align(net.registry.ids)
         self.finished = int(info["finished"])
         self.n_experiences = info.get("n_experiences")
         self.history = list(info.get("history", []))

@@ -249,6 +249,28 @@ class Callback(Protocol):
     def __call__(self, trainer: "Trainer", step: int, total_steps: int) -> None: ...
 
 
+class Prior(Protocol):
+    """Fixed scores mixed into the router's logits (a frozen prototype classifier, see ``prior_weight``)."""
+
+    weight: float
+
+    def cosines(self, prompts: Sequence[str]) -> torch.Tensor: ...   # (B, registry rows), in [-1, 1]
+
+
+def mix_prior(logits: torch.Tensor, prior: Prior | None, prompts: Sequence[str], index: torch.Tensor | None,
+              tau: float) -> torch.Tensor:
+    """(1 - w) * the router's logits + w * the prior's cosines / tau, over all rows or each example's candidates.
+
+    The prior is constant, so the router learns what it misses (a residual) and whatever the router forgets,
+    the prior's share of every score stays."""
+    if prior is None or prior.weight <= 0:
+        return logits
+    cos = prior.cosines(prompts).to(logits)
+    if index is not None:
+        cos = torch.gather(cos, 1, index)
+    return (1.0 - prior.weight) * logits + prior.weight * cos / tau
+
+
 def routing_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean cross-entropy (hard or soft targets)."""
     per = F.cross_entropy(logits, target, reduction="none")
@@ -275,8 +297,9 @@ class Trainer:
 
     def __init__(self, net: RouterNet, *, lr_backbone: float, lr_projection: float, lr_registry: float,
                  weight_decay: float = 0.0, warmup_steps: int = 0, grad_clip: float | None = 1.0,
-                 schedule: str = "linear"):
+                 schedule: str = "linear", prior: Prior | None = None):
         self.net = net
+        self.prior = prior
         self.base_lr = {"backbone": float(lr_backbone), "projection": float(lr_projection),
                         "registry": float(lr_registry)}
         self.weight_decay = float(weight_decay)
@@ -340,7 +363,7 @@ class Trainer:
                     group["lr"] = self.base_lr[group["name"]] * factor
                 z = net.embed(batch.prompts)
                 cands = sampler(batch, net, step)
-                logits = net.logits(z, cands.index)
+                logits = mix_prior(net.logits(z, cands.index), self.prior, batch.prompts, cands.index, net.tau)
                 loss = routing_loss(logits, cands.target, batch.weights)
                 terms = {"route": float(loss.detach())}
                 ctx = StepContext(net, batch, z, logits, cands, step, total, self)
