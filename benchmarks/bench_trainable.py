@@ -39,7 +39,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     t0 = time.perf_counter()
-    router = load_router(STRATEGIES[args.worker], parse_router_args(args.router_arg or []), seed=args.seed)
+    router = load_router(args.worker, parse_router_args(args.router_arg or []), seed=args.seed)
     flops: list[int] = []
     if args.flops:
         count_learn_flops(router, flops)
@@ -49,7 +49,8 @@ def worker(args: argparse.Namespace) -> None:
                     "forgetting": None if s.forgetting is None else round(100 * s.forgetting, 2)}
                for lv, s in res.summary.items()}
     row = {
-        "strategy": args.worker, "router": STRATEGIES[args.worker], "eval_split": args.eval_split, "wall_seconds": round(wall, 1),
+        "strategy": args.worker, "router": REGISTRY[args.worker], "eval_split": args.eval_split,
+        "wall_seconds": round(wall, 1),
         "learn_seconds": [round(x, 1) for x in res.timings.learn_seconds],
         "route_seconds": [round(x, 1) for x in res.timings.route_seconds],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),

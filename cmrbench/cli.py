@@ -96,6 +96,8 @@ def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, a
 def _run(router, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:
     from .evaluate import RunPaths, evaluate
     from .results import load_results
+    if args.run_name:
+        router.meta = router.meta.model_copy(update={"name": args.run_name})
     paths = RunPaths.for_run(out, router.meta.name, bench, args.seed)
     if args.overwrite:       # this run's own files only, found by their exact names
         for p in (paths.results, paths.predictions):
@@ -134,6 +136,9 @@ def _positive(kind: type):
 def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="constructor argument for the router (repeatable)")
+    p.add_argument("--run-name", default=None, metavar="NAME",
+                   help="the name results and leaderboards give this run (default: the router's own name); give "
+                        "each configuration of one router its own, e.g. dense-mpnet")
     p.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy, torch and the router (default 0)")
     p.add_argument("--top-k", type=_positive(int), default=10, help="predictions stored per prompt (default 10)")
     p.add_argument("--batch-size", type=_positive(int), default=64, help="prompts per route() call (default 64)")

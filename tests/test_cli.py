@@ -85,3 +85,12 @@ def test_router_args_parse_like_the_yaml_configs():
     from cmrbench.registry import parse_router_args
     assert parse_router_args(["anchoring=none", "dim=1024", "tau=0.08", "two-phase=false", "model=null"]) == {
         "anchoring": "none", "dim": 1024, "tau": 0.08, "two_phase": False, "model": None}
+
+
+def test_run_name_names_the_results_of_one_configuration(synthetic_hub, tmp_path):
+    from cmrbench.results import load_results
+
+    assert main(["evaluate", "--router", "dense", "--router-arg", "template=description", "--run-name",
+                 "dense-description", "--data", str(synthetic_hub), "--out", str(tmp_path), "--no-progress"]) == 0
+    results = load_results(tmp_path / "dense-description__CMRBench-v1-synthetic__seed0.json")
+    assert results.router.name == "dense-description" and results.router.parameters["template"] == "description"

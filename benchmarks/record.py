@@ -1,0 +1,117 @@
+"""The results of record: every row of the README's tables, run on the test split into ``results/<build>/``.
+
+    python benchmarks/record.py --data DIR                  # every missing run (hours on 2 cores)
+    python benchmarks/record.py --data DIR --rows ncm naive # some rows
+    python benchmarks/record.py --list                      # rows, seeds and what is already there
+
+Each (row, seed) is one ``cmrbench evaluate --run-name ROW`` in its own process, written to
+``results/CMRBench-v1-paper/`` (results JSON + predictions Parquet; checkpoints are deleted once the run is
+complete). Runs already complete are skipped ("only missing"), a partial one is resumed. Then
+
+    cmrbench leaderboard results/CMRBench-v1-paper --out results/CMRBench-v1-paper/leaderboard.json
+
+verifies every file against its predictions and writes the tables the README shows. Rows whose router draws
+nothing at random (retrieval, ncm) run one seed; the others three. Settings come from the validation split
+(``benchmarks/tune.py``), never from these runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "results" / "CMRBench-v1-paper"
+SEEDS3 = (0, 1, 2)
+# run name -> (registered router, router arguments, seeds)
+ROWS: dict[str, tuple[str, list[str], tuple[int, ...]]] = {
+    "random": ("random", [], (0,)),
+    "most-frequent": ("most-frequent", [], (0,)),
+    "oracle": ("oracle", [], (0,)),
+    "domain-oracle": ("domain-oracle", [], (0,)),
+    "bm25": ("bm25", [], (0,)),
+    "dense": ("dense", [], (0,)),
+    "dense-mpnet": ("dense", ["model=all-mpnet-base-v2"], (0,)),
+    "splade": ("splade", [], (0,)),
+    "ncm": ("ncm", [], (0,)),
+    "ncm-mpnet": ("ncm", ["model=all-mpnet-base-v2"], (0,)),
+    "ranpac": ("ranpac", [], SEEDS3),
+    "naive": ("naive", [], SEEDS3),
+    "lwf": ("lwf", [], SEEDS3),
+    "ewc": ("ewc", [], SEEDS3),
+    "replay-10": ("replay-10", [], SEEDS3),
+    "replay-20": ("replay-20", [], SEEDS3),
+    "merge-avg": ("merge-avg", [], SEEDS3),
+    "merge-ties": ("merge-ties", [], SEEDS3),
+    "merge-dare": ("merge-dare", [], SEEDS3),
+    "cumulative": ("cumulative", [], SEEDS3),
+    "joint": ("joint", [], SEEDS3),
+    "carve-10": ("carve-10", [], SEEDS3),
+    "carve-20": ("carve-20", [], SEEDS3),
+    "carve-10-authors": ("carve-10", ["config=carve-authors"], (0,)),
+    "carve-20-authors": ("carve-20", ["config=carve-authors"], (0,)),
+}
+
+
+def stem(name: str, seed: int) -> str:
+    return f"{name}__CMRBench-v1-paper__seed{seed}"
+
+
+def status(out: Path, name: str, seed: int) -> str:
+    path = out / f"{stem(name, seed)}.json"
+    if not path.is_file():
+        return "missing"
+    from cmrbench.results import load_results
+    return load_results(path).status
+
+
+def run(name: str, seed: int, data: Path, out: Path) -> bool:
+    router, args, _ = ROWS[name]
+    cmd = [sys.executable, "-m", "cmrbench.cli", "evaluate", "--router", router, "--run-name", name,
+           "--seed", str(seed), "--data", str(data), "--out", str(out), "--no-progress"]
+    for pair in args:
+        cmd += ["--router-arg", pair]
+    if status(out, name, seed) == "partial":
+        cmd.append("--resume")
+    t0 = time.perf_counter()
+    print(f"[record] {name} seed {seed} ...", flush=True)
+    done = subprocess.run(cmd, cwd=REPO)
+    print(f"[record] {name} seed {seed}: exit {done.returncode} after {time.perf_counter() - t0:.0f} s", flush=True)
+    if done.returncode == 0:
+        shutil.rmtree(out / f"{stem(name, seed)}.checkpoints", ignore_errors=True)   # weights, not results
+    return done.returncode == 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="the CMRBench v1 build (cmrbench build)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds of each row")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--list", action="store_true", help="list rows, seeds and their state, run nothing")
+    args = parser.parse_args()
+    if args.list:
+        for name in args.rows:
+            router, router_args, seeds = ROWS[name]
+            states = ", ".join(f"{s}: {status(args.out, name, s)}" for s in seeds)
+            print(f"{name:18s} {router} {' '.join(router_args):28s} {states}")
+        return
+    if args.data is None:
+        parser.error("--data is required to run rows")
+    failed = []
+    for name in args.rows:
+        for seed in ROWS[name][2]:
+            if args.seeds is not None and seed not in args.seeds:
+                continue
+            if status(args.out, name, seed) != "complete" and not run(name, seed, args.data, args.out):
+                failed.append(f"{name}/{seed}")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
