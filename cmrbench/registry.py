@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "precomputed": "cmrbench.baselines.precomputed:PrecomputedRouter",
     "bm25": "cmrbench.baselines.retrieval.bm25:BM25Router",
     "bm25-rank": "cmrbench.baselines.retrieval.bm25:RankBM25Router",
+    "bm25-lower": "cmrbench.baselines.retrieval.bm25:bm25_lower",
     "lucene-bm25": "cmrbench.baselines.retrieval.lucene:LuceneBM25Router",
     "dense": "cmrbench.baselines.retrieval.dense:DenseRouter",
     "splade": "cmrbench.baselines.retrieval.splade:SpladeRouter",

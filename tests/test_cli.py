@@ -41,10 +41,10 @@ def test_unknown_router_lists_the_registered_ones(synthetic_hub, capsys):
 
 
 def test_reference_reproductions_match_their_expected_scores(real_build, tmp_path, capsys):
-    assert main(["reproduce", "random", "most-frequent", "oracle", "domain-oracle", "bm25", "--data", str(real_build),
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["reproduce", "random", "most-frequent", "oracle", "domain-oracle", "bm25", "bm25-lower", "--data",
+                 str(real_build), "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.count(" OK") == 20 and "FAIL" not in out
+    assert out.count(" OK") == 24 and "FAIL" not in out
 
 
 def test_readme_example_router_runs(tmp_path, synthetic_hub):

@@ -18,6 +18,7 @@ import pytest
 from cmrbench.baselines.retrieval.base import CardRetriever
 from cmrbench.baselines.retrieval.bm25 import BM25Router, RankBM25Router, SparseBM25
 from cmrbench.baselines.retrieval.cardtext import card_text
+from cmrbench.registry import load_router
 from cmrbench.baselines.retrieval.encoders import (EmbeddingCache, VectorIndex, cached_encode, default_cache_dir,
                                                    folder_fingerprint)
 
@@ -117,6 +118,24 @@ def test_bm25_matches_rank_bm25_on_real_cards():
     assert _top10(fast, prompts) == _top10(ref, prompts)
 
 
+def test_paper_tokenisation_and_rank_bm25_tie_order():
+    """The paper's BM25: single-space tokens, case kept, cards in get_top_n's order (ties: later card first)."""
+    exp = _experience([("a/model", "A", _card("Alpha beta")), ("b/model", "A", _card("Alpha beta")),
+                       ("c/model", "B", _card("alpha  gamma"))]
+                      + [("filler/model", "C", _card(f"other words {i}")) for i in range(6)])
+    paper, lower = BM25Router(template="description"), load_router("bm25-lower", {"template": "description"})
+    paper.learn(exp)
+    lower.learn(exp)
+    docs = [json.loads(c)["description"].split(" ") for c in exp.cards["card"]]
+    owners = exp.cards["model_id"].to_list()
+    top = rank_bm25.BM25Okapi(docs).get_top_n("Alpha beta".split(" "), list(range(len(docs))), n=3)
+    assert [owners[i] for i in top] == [m for m, _ in paper.route(["Alpha beta"], 3)[0]]
+    assert owners[top[0]] == "b/model"                                        # the tie: the later card first
+    assert [m for m, _ in paper.route(["alpha"], 1)[0]] == ["c/model"]         # "Alpha" is another token
+    assert [m for m, _ in lower.route(["alpha"], 3)[0]] == ["a/model", "b/model", "c/model"]
+    assert paper.meta.parameters["tokenizer"] == "paper" and lower.meta.name == "bm25-lower"
+
+
 def test_max_aggregation_tie_rule_and_seen_models():
     exp = _experience([
         ("zeta/model", "A", _card("alpha beta")),
@@ -126,7 +145,7 @@ def test_max_aggregation_tie_rule_and_seen_models():
         ("unseen/model", "B", _card("alpha beta alpha beta")),
     ] + [("filler/model", "C", _card(f"other words {i}")) for i in range(8)],
         seen=["zeta/model", "alpha/model", "mid/model", "filler/model"])
-    router = BM25Router(template="description")
+    router = BM25Router(template="description", tie_break="model-id")
     router.learn(exp)
     ranking = router.route(["alpha beta"], 10)[0]
     ids = [m for m, _ in ranking]
@@ -145,7 +164,7 @@ def test_max_aggregation_tie_rule_and_seen_models():
 def test_oracle_domain_variant(bench):
     exp = _experience([("a/m", "CV", _card("cat photo")), ("b/m", "NLP", _card("cat text")),
                        ("c/m", "NLP", _card("dog text"))])
-    router = BM25Router(oracle_domain=True, template="description")
+    router = BM25Router(oracle_domain=True, template="description", tie_break="model-id")
     assert router.needs_gold and router.meta.name == "bm25-oracle-domain" and router.meta.reference_row
     router.learn(exp)
     with pytest.raises(RuntimeError, match="route_with_gold"):
@@ -184,13 +203,14 @@ class _SearchOnly(BM25Router):
 def test_search_path_equals_full_scoring(bench):
     exp = bench.train_stream[bench.n_experiences - 1]
     prompts = pl.concat([bench.test_set(j) for j in range(1, 4)])["prompt"].to_list() + ["no match at all"]
-    full, partial = BM25Router(), _SearchOnly()
+    full, partial = BM25Router(tie_break="model-id"), _SearchOnly(tie_break="model-id")
     full.learn(exp)
     partial.learn(exp)
     for k in (1, 3, 10, 40):
         assert partial.route(prompts, k) == full.route(prompts, k)
     # many exact ties at the boundary: duplicated cards of several models
-    full, partial = BM25Router(template="description"), _SearchOnly(template="description")
+    full = BM25Router(template="description", tie_break="model-id")
+    partial = _SearchOnly(template="description", tie_break="model-id")
     dup = _experience([(f"m{i:02d}/x", "A", _card("same words here")) for i in range(90)]
                       + [("z/x", "A", _card("same"))] + [("f/x", "B", _card(f"filler {i}")) for i in range(200)])
     full.learn(dup)

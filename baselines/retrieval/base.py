@@ -6,7 +6,8 @@ The setting, for every backend (BM25, Lucene, dense, SPLADE, BGE-M3):
   experiences), rendered by :func:`~cmrbench.baselines.retrieval.cardtext.card_text`;
 * the **query** is the prompt;
 * a **model's score** is the best score among its cards (several cards can share a model id);
-* models are ranked by score, **ties broken by model id ascending** (one rule, everywhere);
+* models are ranked by score, **ties broken by model id ascending**; BM25 follows the paper's code instead
+  (``tie_break="rank-bm25"``: cards in rank-bm25's ``get_top_n`` order, a model at its first card);
 * the candidates are the models that have a card *and* are in ``classes_seen_so_far`` (cards of
   other models stay in the index, so that corpus statistics such as BM25's idf are those of the
   whole card collection, but they are never returned); a seen model without any card cannot be
@@ -34,7 +35,10 @@ from cmrbench.protocol import Ranking, RouterMeta
 
 from .cardtext import TEMPLATES, card_text
 
-TIE_RULE = "model id ascending"
+TIE_BREAKS = {
+    "model-id": "model id ascending",
+    "rank-bm25": "cards by np.argsort(scores)[::-1] (rank-bm25 get_top_n), a model at its first card",
+}
 
 
 def top_rankings(scores: np.ndarray, ids: Sequence[str], top_k: int) -> list[Ranking]:
@@ -64,14 +68,17 @@ class CardRetriever(ABC):
 
     def _setup(self, name: str, *, oracle_domain: bool = False, template: str = "json",
                parameters: dict[str, Any] | None = None, description: str = "",
-               reference: str | None = None, version: str = "1") -> None:
+               reference: str | None = None, version: str = "1", tie_break: str = "model-id") -> None:
         if template not in TEMPLATES:
             raise ValueError(f"unknown card template '{template}'; choose one of {', '.join(TEMPLATES)}")
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"unknown tie_break '{tie_break}'; choose one of {', '.join(TIE_BREAKS)}")
         self.oracle_domain = bool(oracle_domain)
         self.template = template
+        self.tie_break = tie_break
         self.needs_gold = self.oracle_domain
         params = {"template": template, "oracle_domain": self.oracle_domain, "aggregation": "max over cards",
-                  "tie_break": TIE_RULE, **(parameters or {})}
+                  "tie_break": TIE_BREAKS[tie_break], **(parameters or {})}
         self.meta = RouterMeta(
             name=f"{name}-oracle-domain" if self.oracle_domain else name, version=version,
             description=description + (" Oracle variant: only cards of the gold domain are scored (reads "
@@ -169,9 +176,33 @@ class CardRetriever(ABC):
             raise ValueError("top_k must be >= 1")
         if not prompts:
             return []
-        if self.uses_search:
+        if self.uses_search:       # a backend that hands out its best cards only: ties by model id
             return self._rank_by_search(prompts, top_k, card_mask)
+        if self.tie_break == "rank-bm25":
+            return self._rank_cards_first(prompts, top_k, card_mask)
         return self._top(self.model_scores(prompts, card_mask), top_k)
+
+    def _rank_cards_first(self, prompts: list[str], top_k: int, card_mask: np.ndarray | None) -> list[Ranking]:
+        """Cards in rank-bm25's ``get_top_n`` order (numpy's default argsort, reversed), each model at the place
+        of its first card: the paper's retrieval, where the top card's model is the prediction."""
+        candidates = self._candidates(len(prompts), card_mask)
+        scores = np.asarray(self.score(prompts, candidates), dtype=np.float64)
+        if candidates is not None:
+            scores = np.where(candidates, scores, -np.inf)
+        out = []
+        for row in scores:
+            ranking: Ranking = []
+            taken: set[int] = set()
+            for card in np.argsort(row)[::-1]:
+                model = int(self.card_model[card])
+                if model in taken or not self.model_allowed[model] or not np.isfinite(row[card]):
+                    continue
+                taken.add(model)
+                ranking.append((self.model_ids[model], float(row[card])))
+                if len(ranking) == top_k:
+                    break
+            out.append(ranking)
+        return out
 
     def _candidates(self, n_prompts: int, card_mask: np.ndarray | None) -> np.ndarray | None:
         allowed = self.model_allowed[self.card_model]

@@ -7,8 +7,11 @@ Two routers with the same scores:
   formula; all queries of a batch are scored by one sparse matrix product (much faster). Its scores
   equal rank-bm25's up to floating-point summation order.
 
-Tokenisation (both): lower-case, then ``str.split()`` (runs of whitespace). The paper splits on
-whitespace; lower-casing is this package's choice and applies to cards and prompts alike.
+Both follow the paper's code path by default (``tokenizer="paper"``, ``tie_break="rank-bm25"``): cards and
+prompts are split on single spaces (``text.split(" ")``, no lower-casing), and cards are ranked as
+rank-bm25's ``get_top_n`` ranks them (``np.argsort(scores)[::-1]``: numpy's default sort, then reversed, so
+among equal scores the later card comes first), a model taking the place of its first card. ``bm25-lower``
+is this package's earlier variant: lower-cased, split on runs of whitespace, ties by model id ascending.
 
 ``BM25Okapi`` (rank-bm25 0.2.2), for a query ``q`` (a list of tokens, repeats counted) and a document
 ``d`` with term frequencies ``f(t, d)``, length ``|d|`` (tokens) and average length ``avgdl``::
@@ -33,9 +36,16 @@ from .base import CardRetriever
 PAPER_REFERENCE = "https://github.com/collagelab/CMR"
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-case, then split on runs of whitespace."""
-    return text.lower().split()
+TOKENIZERS = {
+    "paper": lambda text: text.split(" "),          # the authors' code: doc.split(" "), instruction.split(" ")
+    "lower": lambda text: text.lower().split(),     # lower-case, then runs of whitespace
+}
+
+
+def tokenizer_of(name: str):
+    if name not in TOKENIZERS:
+        raise ValueError(f"unknown BM25 tokenizer '{name}'; choose one of {', '.join(TOKENIZERS)}")
+    return TOKENIZERS[name]
 
 
 class SparseBM25:
@@ -88,11 +98,13 @@ class SparseBM25:
 
 class _BM25Params:
     def _bm25_setup(self, name: str, k1: float, b: float, epsilon: float, oracle_domain: bool, template: str,
-                    implementation: str) -> None:
+                    implementation: str, tokenizer: str, tie_break: str) -> None:
         self.k1, self.b, self.epsilon = float(k1), float(b), float(epsilon)
+        self.tokenize = tokenizer_of(tokenizer)
         self._setup(name, oracle_domain=oracle_domain, template=template, reference=PAPER_REFERENCE,
-                    parameters={"k1": self.k1, "b": self.b, "epsilon": self.epsilon,
-                                "tokenizer": "lowercase + whitespace split", "implementation": implementation},
+                    tie_break=tie_break,
+                    parameters={"k1": self.k1, "b": self.b, "epsilon": self.epsilon, "tokenizer": tokenizer,
+                                "implementation": implementation},
                     description="zero-shot BM25 (BM25Okapi) over the model cards seen so far; a model scores "
                                 "its best card.")
 
@@ -101,31 +113,39 @@ class BM25Router(_BM25Params, CardRetriever):
     """BM25Okapi over the cards, scored with scipy sparse matrices (registered as ``bm25``)."""
 
     def __init__(self, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25, oracle_domain: bool = False,
-                 template: str = "json"):
-        self._bm25_setup("bm25", k1, b, epsilon, oracle_domain, template, "scipy-sparse BM25Okapi")
+                 template: str = "json", tokenizer: str = "paper", tie_break: str = "rank-bm25", name: str = "bm25"):
+        self._bm25_setup(name, k1, b, epsilon, oracle_domain, template, "scipy-sparse BM25Okapi", tokenizer,
+                         tie_break)
         self.bm25: SparseBM25 | None = None
 
     def index(self, texts: list[str]) -> None:
-        self.bm25 = SparseBM25([tokenize(t) for t in texts], self.k1, self.b, self.epsilon)
+        self.bm25 = SparseBM25([self.tokenize(t) for t in texts], self.k1, self.b, self.epsilon)
 
     def score(self, queries: Sequence[str], candidates: np.ndarray | None = None) -> np.ndarray:
         assert self.bm25 is not None
-        return self.bm25.scores([tokenize(q) for q in queries])
+        return self.bm25.scores([self.tokenize(q) for q in queries])
+
+
+def bm25_lower(oracle_domain: bool = False, template: str = "json") -> BM25Router:
+    """``bm25-lower``: lower-cased whitespace tokens, ties by model id (this package's first BM25 row)."""
+    return BM25Router(oracle_domain=oracle_domain, template=template, tokenizer="lower", tie_break="model-id",
+                      name="bm25-lower")
 
 
 class RankBM25Router(_BM25Params, CardRetriever):
     """BM25Okapi over the cards through rank-bm25, one query at a time (registered as ``bm25-rank``)."""
 
     def __init__(self, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25, oracle_domain: bool = False,
-                 template: str = "json"):
-        self._bm25_setup("bm25-rank", k1, b, epsilon, oracle_domain, template, "rank-bm25 BM25Okapi")
+                 template: str = "json", tokenizer: str = "paper", tie_break: str = "rank-bm25"):
+        self._bm25_setup("bm25-rank", k1, b, epsilon, oracle_domain, template, "rank-bm25 BM25Okapi", tokenizer,
+                         tie_break)
         self.bm25 = None
 
     def index(self, texts: list[str]) -> None:
         from rank_bm25 import BM25Okapi
 
-        self.bm25 = BM25Okapi([tokenize(t) for t in texts], k1=self.k1, b=self.b, epsilon=self.epsilon)
+        self.bm25 = BM25Okapi([self.tokenize(t) for t in texts], k1=self.k1, b=self.b, epsilon=self.epsilon)
 
     def score(self, queries: Sequence[str], candidates: np.ndarray | None = None) -> np.ndarray:
         assert self.bm25 is not None
-        return np.stack([self.bm25.get_scores(tokenize(q)) for q in queries])
+        return np.stack([self.bm25.get_scores(self.tokenize(q)) for q in queries])
