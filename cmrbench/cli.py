@@ -420,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     try:
         return args.func(args)
+    except BrokenPipeError:           # `cmrbench sources | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished experiences are saved (use --resume)", file=sys.stderr)
         return 130

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,8 @@ def _import(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     if not attr:
         raise RouterLoadError(f"'{target}' is not of the form package.module:Class")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())     # `--router my_router:MyRouter` finds my_router.py here, as `python -m` would
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

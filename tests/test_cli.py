@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from cmrbench.cli import build_parser, main
 
 COMMANDS = ["build", "info", "sources", "evaluate", "mock-run", "mock-data", "routers", "rescore", "compare",
-            "leaderboard", "reproduce", "plot", "publish"]
+            "leaderboard", "reproduce", "plot", "publish", "models"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -59,6 +60,17 @@ def test_readme_example_router_runs(tmp_path, synthetic_hub):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "overlap on CMRBench-v1-synthetic" in done.stdout
+    # as the README says it, with the installed command (no PYTHONPATH): my_router.py is found in the folder
+    script = Path(sys.executable).with_name("cmrbench")
+    done = subprocess.run([str(script), "mock-run", "--router", "my_router:OverlapRouter", "--no-progress"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_output_into_a_closed_pipe_is_not_an_error():
+    script = Path(sys.executable).with_name("cmrbench")
+    done = subprocess.run(f"'{script}' sources | head -1", shell=True, capture_output=True, text=True)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "Broken pipe" not in done.stderr
 
 
 @pytest.mark.slow
