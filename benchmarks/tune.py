@@ -39,6 +39,23 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "naive/paper-init": ("naive", PAPER, "Xavier rows, registry lr 3e-2 (the earlier default)"),
     "naive/proto": ("naive", ["lr_registry=0.001"], "prototype rows, Xavier projection (d 256)"),
     "naive/proto-orth": ("naive", PROTO, "prototype rows, orthogonal projection d 384"),
+    # what training adds over the prototypes, and what the frozen prior keeps
+    "naive/cards": ("naive", PROTO + ["card_examples=true"], "+ new models' cards as training examples"),
+    "naive/cards+prior": ("naive", PROTO + ["card_examples=true", "prior_weight=0.5"], "+ ncm prior, weight 0.5"),
+    "replay-20/cards": ("replay-20", PROTO + ["card_examples=true"], "replay 20 %, cards"),
+    "replay-20/cards+prior": ("replay-20", PROTO + ["card_examples=true", "prior_weight=0.5"],
+                              "replay 20 %, cards, ncm prior 0.5"),
+    # what makes them forget: the full softmax pushes old rows down (see README); the asymmetric cross-entropy
+    "naive/cards+ace": ("naive", PROTO + ["card_examples=true", "softmax_scope=experience"],
+                        "current prompts scored against this experience's models only (ER-ACE)"),
+    "replay-10/cards+ace": ("replay-10", PROTO + ["card_examples=true", "softmax_scope=experience"], "replay 10 %, ACE"),
+    "replay-20/cards+ace": ("replay-20", PROTO + ["card_examples=true", "softmax_scope=experience"], "replay 20 %, ACE"),
+    "ewc/cards+ace": ("ewc", PROTO + ["card_examples=true", "softmax_scope=experience"], "EWC, ACE"),
+    "carve-10/cards": ("carve-10", PROTO + ["card_examples=true"], "CARvE K = 64 on the new shared settings"),
+    "carve-10/cards+all+ace": ("carve-10", PROTO + ["card_examples=true", "candidates=all",
+                                                   "softmax_scope=experience"], "CARvE, full softmax with ACE"),
+    "naive/full": ("naive", PROTO + ["card_examples=true", "tau=0.05", "freeze_layers=0", "lr_backbone=2e-5",
+                                     "epochs=3"], "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
 }
 
 

@@ -442,3 +442,28 @@ def test_prior_weight_one_routes_exactly_as_ncm_and_checkpoints_keep_the_prior(h
     fresh = NaiveRouter(seed=0, **{**small, "epochs": 1, "prior_weight": 0.5})
     fresh.load(tmp_path / "ckpt")
     assert fresh.route(prompts_of(hub, 1), 5) == mixed.route(prompts_of(hub, 1), 5)
+
+
+def test_experience_scoped_softmax_leaves_old_rows_out_of_new_prompts_softmax(hub, small):
+    from cmrbench.baselines.trainable.training import AllModels, Batch
+
+    router = NaiveRouter(seed=0, **{**small, "epochs": 0})
+    exp = Benchmark(hub).train_stream[0]
+    router.learn(exp)
+    net = router.net
+    frame = pl.DataFrame({"domain": ["D1", "D1"], "experience": [2, 1]})   # a current and a replayed example
+    batch = Batch(rows=[0, 1], frame=frame, prompts=["a", "b"], targets=torch.tensor([1, 2]), weights=torch.ones(2))
+    cands = AllModels(0.2, {"D1": [0, 1, 2]}, scope=[1, 3], current=2)(batch, net, 0)
+    n = len(net.registry)
+    assert cands.allowed[0].tolist() == [i in (1, 3) for i in range(n)] and bool(cands.allowed[1].all())
+    assert cands.target[0, 1] == 1.0 and cands.target[0, 0] == 0      # no in-scope domain neighbour: one-hot
+    assert cands.target[1, 2] == pytest.approx(0.8) and cands.target[1, 0] == pytest.approx(0.1)
+    # the scoped loss gives old rows no gradient from the current example
+    router2 = NaiveRouter(seed=0, **{**small, "epochs": 1, "softmax_scope": "experience"})
+    bench = Benchmark(hub)
+    router2.learn(bench.train_stream[0])
+    old = router2.net.registry.weight.detach().clone()
+    only_old = set(bench.train_stream[0].classes_seen_so_far) - set(bench.train_stream[1].classes_in_this_experience)
+    router2.learn(bench.train_stream[1])
+    rows = [router2.net.registry.index[m] for m in sorted(only_old)]
+    assert torch.equal(router2.net.registry.weight[rows], old[rows])

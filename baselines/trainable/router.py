@@ -209,15 +209,18 @@ class TrainableRouter:
 
     def candidate_sampler(self, experience: Experience) -> CandidateSampler:
         if self.cfg["candidates"] == "all":
-            eps = float(self.cfg["domain_smoothing"])
-            if eps <= 0:
-                return AllModels()
             registry = self.ensure_net().registry
+            scope = self.cfg["softmax_scope"]
+            if scope not in ("all", "experience"):
+                raise ValueError(f"softmax_scope must be 'all' or 'experience', not {scope!r}")
             rows: dict[str, list[int]] = {}
             for model_id, domains in experience.models.select("model_id", "domains").rows():
                 for d in domains:
                     rows.setdefault(d, []).append(registry.index[model_id])
-            return AllModels(eps, rows)
+            return AllModels(float(self.cfg["domain_smoothing"]), rows,
+                             scope=(registry.rows(sorted(experience.classes_in_this_experience)).tolist()
+                                    if scope == "experience" else None),
+                             current=experience.current_experience)
         if self.cfg["candidates"] == "sampled":
             return RandomCandidates(self.cfg["num_candidates"], self.seed * 1000 + experience.current_experience)
         raise ValueError(f"candidates must be 'all' or 'sampled', not {self.cfg['candidates']!r}")

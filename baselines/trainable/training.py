@@ -149,11 +149,13 @@ class CandidateSet:
 
     ``index`` (B, K) registry rows, or None for every registered row. ``target``: (B,) long class
     positions (into ``index``'s columns, or registry rows when ``index`` is None) or (B, K | N) float
-    probability rows (soft targets).
+    probability rows (soft targets). ``allowed`` (B, N) bool, with ``index`` None: the rows each example is
+    scored against (the others are masked out of its softmax); None for all.
     """
 
     index: torch.Tensor | None
     target: torch.Tensor
+    allowed: torch.Tensor | None = None
 
 
 class CandidateSampler(Protocol):
@@ -163,25 +165,42 @@ class CandidateSampler(Protocol):
 class AllModels:
     """Cross-entropy over every registered model (the registry holds exactly the models seen so far).
 
+    ``scope`` (registry rows of the current experience's models, with its number ``current``): the asymmetric
+    cross-entropy of ER-ACE (Caccia et al., ICLR 2022). An example of the current experience is scored against
+    that experience's models only, so learning new models never pushes the rows of old ones down; an example
+    of an earlier experience (replayed, or kept by cumulative training) is scored against every model.
+
     ``domain_smoothing`` = eps > 0 makes the target (1 - eps) on the gold model and eps spread evenly over the
-    other registered models of the gold domain (``domain_rows``: domain -> registry rows), one-hot when the
-    domain has no other model: label smoothing that teaches which models are interchangeable at domain level.
+    other models of the gold domain it is scored against (``domain_rows``: domain -> registry rows), one-hot
+    when there is none: label smoothing that teaches which models are interchangeable at domain level.
     """
 
-    def __init__(self, domain_smoothing: float = 0.0, domain_rows: dict[str, list[int]] | None = None):
+    def __init__(self, domain_smoothing: float = 0.0, domain_rows: dict[str, list[int]] | None = None,
+                 scope: Sequence[int] | None = None, current: int | None = None):
         self.eps = float(domain_smoothing)
         self.domain_rows = domain_rows or {}
+        self.scope = None if scope is None else torch.as_tensor(list(scope), dtype=torch.long)
+        self.current = current
 
     def __call__(self, batch: "Batch", net: RouterNet, step: int) -> CandidateSet:
+        allowed = None
+        if self.scope is not None:
+            n = len(net.registry)
+            in_scope = torch.zeros(n, dtype=torch.bool)
+            in_scope[self.scope] = True
+            current = torch.as_tensor((batch.frame["experience"] == self.current).to_numpy())
+            allowed = torch.where(current[:, None], in_scope[None, :], torch.ones(1, n, dtype=torch.bool))
+            allowed = allowed.to(net.device)
         if self.eps <= 0:
-            return CandidateSet(None, batch.targets)
+            return CandidateSet(None, batch.targets, allowed)
         target = torch.zeros(len(batch.rows), len(net.registry), device=net.device)
         for i, (gold, domain) in enumerate(zip(batch.targets.tolist(), batch.frame["domain"].to_list())):
-            others = [r for r in self.domain_rows.get(domain, []) if r != gold]
+            others = [r for r in self.domain_rows.get(domain, [])
+                      if r != gold and (allowed is None or bool(allowed[i, r]))]
             target[i, gold] = 1.0 if not others else 1.0 - self.eps
             if others:
                 target[i, others] = self.eps / len(others)
-        return CandidateSet(None, target)
+        return CandidateSet(None, target, allowed)
 
 
 class RandomCandidates:
@@ -364,6 +383,8 @@ class Trainer:
                 z = net.embed(batch.prompts)
                 cands = sampler(batch, net, step)
                 logits = mix_prior(net.logits(z, cands.index), self.prior, batch.prompts, cands.index, net.tau)
+                if cands.allowed is not None:   # a finite floor, so that soft targets' zeros times it stay 0
+                    logits = logits.masked_fill(~cands.allowed, -1e9)
                 loss = routing_loss(logits, cands.target, batch.weights)
                 terms = {"route": float(loss.detach())}
                 ctx = StepContext(net, batch, z, logits, cands, step, total, self)
