@@ -25,10 +25,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from .publish import (default_message, format_plan, format_report, plan_as_json, plan_upload, publish,
                           report_as_json, token_from_env)
+    if args.repo is None and not args.dry_run:
+        raise ValueError("--repo ORG/NAME is required to publish (or list what would be sent with --dry-run)")
     files = plan_upload(args.dataset, args.results, results_prefix=args.results_prefix, data=args.data)
     endpoint = (args.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     if args.dry_run:
-        print(plan_as_json(files) if args.json else format_plan(files, args.repo, args.revision or "main", endpoint))
+        print(plan_as_json(files) if args.json else format_plan(files, args.repo or "<ORG/NAME>",
+                                                                 args.revision or "main", endpoint))
         return 0
     report = publish(files, args.repo, branch=args.revision, endpoint=endpoint, token=token_from_env(args.token_env),
                      message=args.message or default_message(files, args.dataset), create_pr=args.create_pr,
@@ -66,7 +69,8 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--data", type=Path, default=None,
                    help="the build results are verified against (default: --dataset, else where `cmrbench build` "
                         "writes)")
-    p.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repo")
+    p.add_argument("--repo", default=None, metavar="ORG/NAME",
+                   help="Hub dataset repo (required unless --dry-run)")
     p.add_argument("--revision", default=None, metavar="BRANCH",
                    help="branch to commit to, created if missing (default main); the commit sha is reported")
     p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded; no network")
