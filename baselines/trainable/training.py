@@ -193,13 +193,17 @@ class AllModels:
             allowed = allowed.to(net.device)
         if self.eps <= 0:
             return CandidateSet(None, batch.targets, allowed)
-        target = torch.zeros(len(batch.rows), len(net.registry), device=net.device)
-        for i, (gold, domain) in enumerate(zip(batch.targets.tolist(), batch.frame["domain"].to_list())):
-            others = [r for r in self.domain_rows.get(domain, [])
-                      if r != gold and (allowed is None or bool(allowed[i, r]))]
-            target[i, gold] = 1.0 if not others else 1.0 - self.eps
-            if others:
-                target[i, others] = self.eps / len(others)
+        others = torch.zeros(len(batch.rows), len(net.registry), dtype=torch.bool)
+        for i, domain in enumerate(batch.frame["domain"].to_list()):
+            others[i, self.domain_rows.get(domain, [])] = True
+        others = others.to(net.device)
+        gold = batch.targets.to(net.device)
+        others[torch.arange(len(gold), device=net.device), gold] = False
+        if allowed is not None:
+            others &= allowed
+        count = others.sum(1, keepdim=True)
+        target = others.float() * (self.eps / count.clamp(min=1))
+        target.scatter_(1, gold[:, None], torch.where(count > 0, 1.0 - self.eps, 1.0).float())
         return CandidateSet(None, target, allowed)
 
 
