@@ -10,7 +10,12 @@ complete). Runs already complete are skipped ("only missing"), a partial one is 
 
     cmrbench leaderboard results/CMRBench-v1-paper --out results/CMRBench-v1-paper/leaderboard.json
 
-verifies every file against its predictions and writes the tables the README shows. Rows whose router draws
+verifies every file against its predictions and writes the tables the README shows, and
+
+    python benchmarks/record.py --reproductions
+
+writes ``baselines/reproductions/<row>.yaml`` from each row's seed-0 result of record (``cmrbench reproduce``
+then reruns and checks exactly these numbers). Rows whose router draws
 nothing at random (retrieval, ncm) run one seed; the others three. Settings come from the validation split
 (``benchmarks/tune.py``), never from these runs.
 """
@@ -18,15 +23,21 @@ nothing at random (retrieval, ncm) run one seed; the others three. Settings come
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "CMRBench-v1-paper"
 SEEDS3 = (0, 1, 2)
+# new reproduction files: retrieval and frozen routers repeat to float precision, trained ones within a point
+TOLERANCE = {r: 0.3 for r in ("bm25", "dense", "splade", "ncm", "ranpac")} | {
+    r: 0.1 for r in ("random", "most-frequent", "oracle", "domain-oracle")}
 # run name -> (registered router, router arguments, seeds)
 ROWS: dict[str, tuple[str, list[str], tuple[int, ...]]] = {
     "random": ("random", [], (0,)),
@@ -69,6 +80,46 @@ def status(out: Path, name: str, seed: int) -> str:
     return load_results(path).status
 
 
+def write_reproduction(name: str, out: Path) -> Path | None:
+    """The reproduction file of one row, its expected numbers read from the seed-0 results of record."""
+    from cmrbench.reproduce import observed
+    from cmrbench.results import load_results
+    path = out / f"{stem(name, 0)}.json"
+    if status(out, name, 0) != "complete":
+        return None
+    results = load_results(path)
+    router, args, _ = ROWS[name]
+    router_args = dict(pair.split("=", 1) for pair in args) | ({"name": name} if name != router else {})
+    flags = "".join(f" --router-arg {k}={v}" for k, v in router_args.items())
+    target = REPO / "baselines" / "reproductions" / f"{name}.yaml"
+    before = yaml.safe_load(target.read_text(encoding="utf-8")) if target.is_file() else {}
+    description = before.get("description") or results.router.description or router
+    tolerance = before.get("tolerance", TOLERANCE.get(router, 1.0))
+    got = observed(results.summary)
+    learn = sum(results.timings.learn_seconds)
+    day = time.strftime("%Y-%m-%d", time.gmtime(path.stat().st_mtime))
+    fgt = got["domain_forgetting"]
+    text = "\n".join([
+        f"name: {name}",
+        f"description: {json.dumps(description, ensure_ascii=False)}",
+        f"router: {router}",
+        f"router_args: {json.dumps(router_args)}",
+        "seed: 0",
+        f"command: cmrbench evaluate --router {router}{flags} --seed 0 --out runs/",
+        f"measured_on: \"2 CPU cores, CMRBench v1 paper stream (offline mirror build), {day}; learn {learn:.0f} s\"",
+        f"results_of_record: results/{out.name}/{path.name}",
+        "expected:            # final average accuracy after the last experience, percent",
+        f"  model: {got['model']:.2f}",
+        f"  family: {got['family']:.2f}",
+        f"  domain: {got['domain']:.2f}",
+        f"  domain_forgetting: {'null' if fgt is None else f'{fgt:.2f}'}",
+        f"tolerance: {tolerance}" + ("" if router in TOLERANCE else
+                                     "       # trained routers: float summation order differs across CPUs"),
+        ""])
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
 def run(name: str, seed: int, data: Path, out: Path) -> bool:
     router, args, _ = ROWS[name]
     cmd = [sys.executable, "-m", "cmrbench.cli", "evaluate", "--router", router, "--run-name", name,
@@ -93,12 +144,19 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds of each row")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--list", action="store_true", help="list rows, seeds and their state, run nothing")
+    parser.add_argument("--reproductions", action="store_true",
+                        help="write baselines/reproductions/<row>.yaml from the complete seed-0 runs, run nothing")
     args = parser.parse_args()
     if args.list:
         for name in args.rows:
             router, router_args, seeds = ROWS[name]
             states = ", ".join(f"{s}: {status(args.out, name, s)}" for s in seeds)
             print(f"{name:18s} {router} {' '.join(router_args):28s} {states}")
+        return
+    if args.reproductions:
+        for name in args.rows:
+            written = write_reproduction(name, args.out)
+            print(f"{name:18s} {written.relative_to(REPO) if written else 'no complete seed-0 run'}")
         return
     if args.data is None:
         parser.error("--data is required to run rows")

@@ -36,6 +36,7 @@ class Reproduction(BaseModel):
     seed: int = 0
     command: str
     measured_on: str = Field(description="hardware and date of the expected numbers")
+    results_of_record: str | None = Field(None, description="the committed results file the numbers come from")
     expected: Expected
     tolerance: float = Field(default=0.1, description="allowed absolute difference, percentage points")
 
