@@ -25,9 +25,16 @@ from bench_trainable import run_entry  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out" / "validation.json"
 BUDGET_S = 20 * 60
 
-# the shared trained-router settings the questions below start from, and what each row changes
-PAPER = ["init=random"]                                                   # the earlier defaults (Xavier rows)
-PROTO = ["projection_init=orthogonal", "dim=384", "lr_registry=0.001"]   # prototype rows in an isometric space
+# the shared trained-router settings the questions below start from, and what each row changes (every row spells
+# out its settings, so it means the same whatever the defaults in baselines/configs/ are now)
+PAPER = ["init=random", "projection_init=xavier", "dim=256", "lr_registry=0.03", "card_examples=false",
+         "softmax_scope=all", "lr_projection=3e-3", "lr_backbone=1e-4"]          # the first defaults (Xavier rows)
+FAST = ["softmax_scope=all", "lr_projection=3e-3", "lr_backbone=1e-4"]          # the first defaults' loss and speed
+PROTO = FAST + ["projection_init=orthogonal", "dim=384", "lr_registry=0.001"]   # prototype rows in an isometric space
+CARDS = PROTO + ["card_examples=true"]
+ACE = CARDS + ["softmax_scope=experience"]
+SLOW = ACE + ["lr_projection=3e-4", "lr_backbone=2e-5"]                           # the shared defaults chosen here
+ROWS_ONLY = ACE + ["freeze_layers=6", "lr_projection=0", "lr_registry=0.003"]
 ROWS: dict[str, tuple[str, list[str], str]] = {
     # frozen-feature routers
     **{f"ncm/card={w}": ("ncm", [f"card_weight={w}"], "NCM: weight of a card description against one prompt")
@@ -36,26 +43,37 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
         "ranpac", [f"features={m}", f"ridge={r}", f"normalize_weights={n}"], "RanPAC: width, ridge strength, "
         "column normalisation") for m in (2000, 5000) for r in (100, 1000, 10000) for n in ("true", "false")},
     # what starts the trained routers
-    "naive/paper-init": ("naive", PAPER, "Xavier rows, registry lr 3e-2 (the earlier default)"),
-    "naive/proto": ("naive", ["lr_registry=0.001"], "prototype rows, Xavier projection (d 256)"),
+    "naive/paper-init": ("naive", PAPER, "Xavier rows and projection d 256, the first defaults"),
     "naive/proto-orth": ("naive", PROTO, "prototype rows, orthogonal projection d 384"),
     # what training adds over the prototypes, and what the frozen prior keeps
-    "naive/cards": ("naive", PROTO + ["card_examples=true"], "+ new models' cards as training examples"),
-    "naive/cards+prior": ("naive", PROTO + ["card_examples=true", "prior_weight=0.5"], "+ ncm prior, weight 0.5"),
-    "replay-20/cards": ("replay-20", PROTO + ["card_examples=true"], "replay 20 %, cards"),
-    "replay-20/cards+prior": ("replay-20", PROTO + ["card_examples=true", "prior_weight=0.5"],
-                              "replay 20 %, cards, ncm prior 0.5"),
-    # what makes them forget: the full softmax pushes old rows down (see README); the asymmetric cross-entropy
-    "naive/cards+ace": ("naive", PROTO + ["card_examples=true", "softmax_scope=experience"],
-                        "current prompts scored against this experience's models only (ER-ACE)"),
-    "replay-10/cards+ace": ("replay-10", PROTO + ["card_examples=true", "softmax_scope=experience"], "replay 10 %, ACE"),
-    "replay-20/cards+ace": ("replay-20", PROTO + ["card_examples=true", "softmax_scope=experience"], "replay 20 %, ACE"),
-    "ewc/cards+ace": ("ewc", PROTO + ["card_examples=true", "softmax_scope=experience"], "EWC, ACE"),
-    "carve-10/cards": ("carve-10", PROTO + ["card_examples=true"], "CARvE K = 64 on the new shared settings"),
-    "carve-10/cards+all+ace": ("carve-10", PROTO + ["card_examples=true", "candidates=all",
-                                                   "softmax_scope=experience"], "CARvE, full softmax with ACE"),
-    "naive/full": ("naive", PROTO + ["card_examples=true", "tau=0.05", "freeze_layers=0", "lr_backbone=2e-5",
-                                     "epochs=3"], "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
+    "naive/cards": ("naive", CARDS, "+ new models' cards as training examples"),
+    "naive/cards+prior": ("naive", CARDS + ["prior_weight=0.5"], "+ ncm prior, weight 0.5"),
+    "replay-20/cards": ("replay-20", CARDS, "replay 20 %, cards"),
+    # what makes them forget: the full softmax pushes old rows down (README); the asymmetric cross-entropy
+    "naive/cards+ace": ("naive", ACE, "current prompts scored against this experience's models only (ER-ACE)"),
+    "replay-20/cards+ace": ("replay-20", ACE, "replay 20 %, ACE"),
+    "ewc/cards+ace": ("ewc", ACE, "EWC, ACE"),
+    # what is left is drift of the shared projection and top layer: slow learners
+    "naive/cards+ace+slow": ("naive", SLOW, "naive, ACE, slow projection / top layer"),
+    "replay-20/cards+ace+slow": ("replay-20", SLOW, "replay 20 %, ACE, slow projection / top layer"),
+    "naive/cards+ace+slow+prior": ("naive", SLOW + ["prior_weight=0.5"],
+                                   "naive, ACE, slow, ncm prior 0.5 (an ensemble with the frozen prototypes)"),
+    "naive/cards+ace+slow+len256": ("naive", SLOW + ["max_seq_len=256"], "naive, ACE, slow, 256 tokens"),
+    # only the registry rows learn (encoder and projection frozen): with ACE an old row is never a negative of a
+    # new prompt, so nothing that routes earlier experiences moves unless replayed
+    "naive/rows+ace": ("naive", ROWS_ONLY + ["lr_registry=0.001"], "naive, ACE, rows only (lr 1e-3)"),
+    "naive/rows+ace+lr3e-3": ("naive", ROWS_ONLY, "naive, ACE, rows only (lr 3e-3)"),
+    "naive/rows+ace+len256": ("naive", ROWS_ONLY + ["max_seq_len=256"],
+                              "naive, ACE, rows only (lr 3e-3), 256 tokens as the frozen encoder reads"),
+    "replay-20/rows+ace": ("replay-20", ROWS_ONLY + ["lr_registry=0.001"], "replay 20 %, ACE, rows only"),
+    **{f"naive/rows+ace+smooth={e}": ("naive", ROWS_ONLY + [f"domain_smoothing={e}"],
+                                      "naive, ACE, rows only (lr 3e-3), target mass on the gold domain's models")
+       for e in ("0.1", "0.3")},
+    # CARvE on the shared settings
+    "carve-10/slow": ("carve-10", SLOW, "CARvE K = 64 on the shared settings"),
+    "carve-10/slow+all": ("carve-10", SLOW + ["candidates=all"], "CARvE, every model a candidate, ACE"),
+    "naive/full": ("naive", SLOW + ["tau=0.05", "freeze_layers=0", "epochs=3"],
+                   "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
 }
 
 
