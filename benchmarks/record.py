@@ -85,12 +85,13 @@ def write_reproduction(name: str, out: Path) -> Path | None:
     from cmrbench.reproduce import observed
     from cmrbench.results import load_results
     path = out / f"{stem(name, 0)}.json"
-    if status(out, name, 0) != "complete":
+    results = load_results(path) if path.is_file() else None
+    if results is None or results.status != "complete":
         return None
-    results = load_results(path)
     router, args, _ = ROWS[name]
-    router_args = dict(pair.split("=", 1) for pair in args) | ({"name": name} if name != router else {})
+    router_args = dict(pair.split("=", 1) for pair in args)
     flags = "".join(f" --router-arg {k}={v}" for k, v in router_args.items())
+    flags += f" --run-name {name}" if name != router else ""
     target = REPO / "baselines" / "reproductions" / f"{name}.yaml"
     before = yaml.safe_load(target.read_text(encoding="utf-8")) if target.is_file() else {}
     description = before.get("description") or results.router.description or router
@@ -104,6 +105,7 @@ def write_reproduction(name: str, out: Path) -> Path | None:
         f"description: {json.dumps(description, ensure_ascii=False)}",
         f"router: {router}",
         f"router_args: {json.dumps(router_args)}",
+        *([f"run_name: {name}"] if name != router else []),
         "seed: 0",
         f"command: cmrbench evaluate --router {router}{flags} --seed 0 --out runs/",
         f"measured_on: \"2 CPU cores, CMRBench v1 paper stream (offline mirror build), {day}; learn {learn:.0f} s\"",

@@ -33,6 +33,7 @@ class Reproduction(BaseModel):
     description: str
     router: str
     router_args: dict[str, object] = Field(default_factory=dict)
+    run_name: str | None = Field(None, description="the row's name when it differs from the router's (--run-name)")
     seed: int = 0
     command: str
     measured_on: str = Field(description="hardware and date of the expected numbers")
@@ -63,6 +64,8 @@ def reproduce(spec: Reproduction, data: Path, out: Path, progress: bool = True) 
     """Run one reproduction; return (metric, expected, observed, within tolerance) rows."""
     bench = Benchmark(data)
     router = load_router(spec.router, dict(spec.router_args), seed=spec.seed)
+    if spec.run_name:
+        router.meta = router.meta.model_copy(update={"name": spec.run_name})
     paths = RunPaths.for_run(out, router.meta.name, bench, spec.seed)
     for stale in (paths.results, paths.predictions):
         stale.unlink(missing_ok=True)

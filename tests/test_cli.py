@@ -91,6 +91,7 @@ def test_every_reproduction_names_a_registered_router():
     for spec in specs.values():
         assert spec.router in REGISTRY, spec.name
         assert spec.command.startswith(f"cmrbench evaluate --router {spec.router}"), spec.name
+        assert spec.run_name is None or f"--run-name {spec.run_name}" in spec.command, spec.name
 
 
 def test_router_args_parse_like_the_yaml_configs():
