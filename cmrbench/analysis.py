@@ -73,11 +73,16 @@ def verify(results_path: Path, data: Path | Benchmark) -> Results:
     return results
 
 
-def per_prompt_correct(results_path: Path, bench: Benchmark) -> dict[str, pl.DataFrame]:
-    """Top-1 correctness per test prompt after the last finished experience, per level."""
+def _final_predictions(results_path: Path, bench: Benchmark) -> tuple[int, pl.DataFrame]:
+    """The verified predictions after the last finished experience, and that experience."""
     results = verify(results_path, bench)
     t = results.finished_experiences
-    preds = _predictions(results, results_path).filter(pl.col("after_experience") == t)
+    return t, _predictions(results, results_path).filter(pl.col("after_experience") == t)
+
+
+def per_prompt_correct(results_path: Path, bench: Benchmark) -> dict[str, pl.DataFrame]:
+    """Top-1 correctness per test prompt after the last finished experience, per level."""
+    t, preds = _final_predictions(results_path, bench)
     registry = bench.label_registry(t)
     gold = pl.concat([bench.test_set(j) for j in range(1, t + 1)])
     joined = gold.join(preds.select("prompt_id", "model_ids"), on="prompt_id", how="inner")
@@ -89,15 +94,20 @@ def per_prompt_correct(results_path: Path, bench: Benchmark) -> dict[str, pl.Dat
     return out
 
 
-def compare(a_path: Path, b_path: Path, data: Path, n_resamples: int = 10000, seed: int = 0) -> dict[str, dict]:
-    """Paired bootstrap of a minus b on the prompts both results files routed after their last experience."""
+def _paired_benchmark(a_path: Path, b_path: Path, data: Path) -> Benchmark:
+    """The build two results files were both computed on, at the same point of the stream."""
     a, b = load_results(a_path), load_results(b_path)
     if a.dataset.manifest_sha256 != b.dataset.manifest_sha256:
         raise ValueError(f"{a_path} and {b_path} were computed on different dataset builds")
     if a.finished_experiences != b.finished_experiences:
         raise ValueError(f"{a_path} finished {a.finished_experiences} experiences, {b_path} "
                          f"{b.finished_experiences}: compare runs at the same point")
-    bench = _benchmark_for(a, data)
+    return _benchmark_for(a, data)
+
+
+def compare(a_path: Path, b_path: Path, data: Path, n_resamples: int = 10000, seed: int = 0) -> dict[str, dict]:
+    """Paired bootstrap of a minus b on the prompts both results files routed after their last experience."""
+    bench = _paired_benchmark(a_path, b_path, data)
     ca, cb = per_prompt_correct(a_path, bench), per_prompt_correct(b_path, bench)
     out = {}
     for level in LEVELS:
@@ -105,3 +115,20 @@ def compare(a_path: Path, b_path: Path, data: Path, n_resamples: int = 10000, se
         out[level] = M.paired_bootstrap(both["correct"].to_numpy(), both["correct_b"].to_numpy(),
                                         n_resamples=n_resamples, seed=seed)
     return out
+
+
+def ranking_agreement(a_path: Path, b_path: Path, data: Path, k: int = 10) -> dict[str, float]:
+    """How alike two routers rank, after their last experience, whatever the gold answers.
+
+    ``top1``: share of prompts both send to the same first model; ``overlap@k``: mean share of the first
+    ``k`` models that both lists hold (lists shorter than ``k`` count as ``k`` long).
+    """
+    bench = _paired_benchmark(a_path, b_path, data)
+    (_, pa), (_, pb) = _final_predictions(a_path, bench), _final_predictions(b_path, bench)
+    both = pa.select("prompt_id", "model_ids").join(pb.select("prompt_id", "model_ids"), on="prompt_id",
+                                                      suffix="_b")
+    top1, overlap = [], []
+    for x, y in zip(both["model_ids"].to_list(), both["model_ids_b"].to_list()):
+        top1.append(bool(x) and bool(y) and x[0] == y[0])
+        overlap.append(len(set(x[:k]) & set(y[:k])) / k)
+    return {"top1": float(np.mean(top1)), f"overlap@{k}": float(np.mean(overlap)), "n": len(top1)}

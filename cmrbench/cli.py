@@ -198,12 +198,16 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .analysis import compare
-    out = compare(args.a, args.b, args.data or default_data_dir(), n_resamples=args.resamples, seed=args.seed)
+    from .analysis import compare, ranking_agreement
+    data = args.data or default_data_dir()
+    out = compare(args.a, args.b, data, n_resamples=args.resamples, seed=args.seed)
     print(f"paired bootstrap, top-1 after the last experience: {args.a.name} minus {args.b.name}")
     for level, r in out.items():
         print(f"  {level:7s} diff {100 * r['mean_diff']:+6.2f} pp  95% CI [{100 * r['ci_low']:+.2f}, "
               f"{100 * r['ci_high']:+.2f}]  p = {r['p_value']:.4f}  (n = {r['n']})")
+    agree = ranking_agreement(args.a, args.b, data)
+    print(f"ranking agreement: same first model {100 * agree['top1']:.1f} %, "
+          f"top-10 overlap {100 * agree['overlap@10']:.1f} %  (n = {agree['n']})")
     return 0
 
 
@@ -377,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="paired bootstrap comparison of two results files",
                        description="Confidence intervals and p-values of the difference in per-prompt top-1 "
-                                   "correctness (model, family, domain) after the last finished experience.")
+                                   "correctness (model, family, domain) after the last finished experience, and "
+                                   "how alike the two rankings are (same first model, top-10 overlap).")
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
     _data_arg(p)

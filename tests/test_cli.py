@@ -48,6 +48,14 @@ def test_reference_reproductions_match_their_expected_scores(real_build, tmp_pat
     assert out.count(" OK") == 24 and "FAIL" not in out
 
 
+def test_lucene_reproduction_on_the_real_build(real_build, tmp_path, capsys):
+    """Lucene BM25 through pyserini and Java 21 (the 'lucene' extra, which CI installs); about 2 minutes."""
+    pytest.importorskip("pyserini", reason="optional extra 'lucene' is not installed")
+    assert main(["reproduce", "lucene-bm25", "--data", str(real_build), "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" OK") == 4 and "FAIL" not in out
+
+
 def test_readme_example_router_runs(tmp_path, synthetic_hub):
     """The 20-line router in README.md is real code: extract it and evaluate it."""
     from pathlib import Path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cmrbench.analysis import compare, verify
+from cmrbench.analysis import compare, ranking_agreement, verify
 from cmrbench.cli import main
 from cmrbench.data import Benchmark
 from cmrbench.evaluate import evaluate
@@ -85,3 +85,14 @@ def test_compare_is_a_paired_bootstrap(runs, synthetic_hub):
     assert out["domain"]["mean_diff"] > 0 and out["domain"]["p_value"] < 0.05
     same = compare(b, b, synthetic_hub, n_resamples=500)
     assert same["model"]["mean_diff"] == 0 and same["model"]["p_value"] == 1.0
+
+
+def test_ranking_agreement(runs, synthetic_hub, capsys):
+    a, b = next(runs.glob("random__*seed0.json")), next(runs.glob("random__*seed1.json"))
+    bench = Benchmark(synthetic_hub)
+    n = sum(bench.test_set(j).height for j in range(1, bench.n_experiences + 1))   # every prompt, last row
+    assert ranking_agreement(a, a, synthetic_hub) == {"top1": 1.0, "overlap@10": 1.0, "n": n}
+    other = ranking_agreement(a, b, synthetic_hub)
+    assert other["n"] == n and other["top1"] < 0.5 and 0 < other["overlap@10"] < 1
+    assert main(["compare", str(a), str(b), "--data", str(synthetic_hub), "--resamples", "100"]) == 0
+    assert "ranking agreement: same first model" in capsys.readouterr().out
