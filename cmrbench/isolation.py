@@ -60,13 +60,13 @@ def _worker(conn: Connection, spec: str, args: dict[str, Any], seed: int) -> Non
         try:
             if op == "learn":
                 router.learn(payload)
-                conn.send(("ok", None))
+                conn.send(("ok", None, router.meta.statistics))
             elif op == "route":
                 prompts, top_k = payload
-                conn.send(("ok", router.route(prompts, top_k)))
+                conn.send(("ok", router.route(prompts, top_k), router.meta.statistics))
             elif op in ("save", "load"):
                 getattr(router, op)(Path(payload))
-                conn.send(("ok", None))
+                conn.send(("ok", None, router.meta.statistics))
             else:
                 conn.send(("error", f"unknown operation {op!r}", ""))
         except SystemExit as err:
@@ -110,6 +110,7 @@ class Worker:
         reply = self._receive(timeout, what)
         if reply[0] == "error":
             raise IsolationError(f"{what} {reply[1]}")
+        self.meta.statistics = dict(reply[2])       # what the router counts about its run, for the results
         return reply[1]
 
     def close(self) -> None:

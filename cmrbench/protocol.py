@@ -32,6 +32,9 @@ class RouterMeta(BaseModel):
     training_data: list[str] = Field(default_factory=list,
                                      description="data used beyond CMRBench train splits (contamination check)")
     reference_row: bool = Field(default=False, description="a harness reference (random, oracle...), not a router")
+    statistics: dict[str, int | float] = Field(
+        default_factory=dict, description="counts the router reports about its own run so far (e.g. LLM answers "
+                                          "it could not parse); not settings, so never compared on resume")
 
 
 @runtime_checkable

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .fileio import atomic_write_text
 from .protocol import RouterMeta
 
-RESULTS_SCHEMA_VERSION = "1.2"  # 1.1: dataset.eval_split (1.0 files read as test-split runs); 1.2: answer_key, isolation
+RESULTS_SCHEMA_VERSION = "1.3"  # 1.1: dataset.eval_split (1.0 files read as test-split runs); 1.2: answer_key, isolation;
+# 1.3: router.statistics
 LEVELS = ("model", "family", "domain")
 KS = (1, 3, 5, 10)
 
@@ -69,7 +70,7 @@ class Timings(_Strict):
 
 
 class Results(_Strict):
-    schema_version: Literal["1.0", "1.1", "1.2"] = RESULTS_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1", "1.2", "1.3"] = RESULTS_SCHEMA_VERSION
     cmrbench_version: str
     dataset: DatasetRef
     router: RouterMeta

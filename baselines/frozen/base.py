@@ -135,12 +135,16 @@ class FrozenFeatureRouter:
         self._register(sorted(experience.classes_seen_so_far))
         self._fold(self.evidence.new(experience))
 
-    def route(self, prompts: Sequence[str], top_k: int) -> list[Ranking]:
+    def score_models(self, prompts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """Every model seen so far (sorted by id) and each prompt's score for it, ``[n_prompts, n_models]``."""
         if not self.ids:
             raise RuntimeError("route() before learn(): no model is registered yet")
         order = np.argsort(np.array(self.ids, dtype=object), kind="stable")
-        scores = self.scores(self.encoder.embed(list(prompts), "query"))[:, order]
-        return top_rankings(scores, [self.ids[i] for i in order], top_k)
+        return [self.ids[i] for i in order], self.scores(self.encoder.embed(list(prompts), "query"))[:, order]
+
+    def route(self, prompts: Sequence[str], top_k: int) -> list[Ranking]:
+        ids, scores = self.score_models(prompts)
+        return top_rankings(scores, ids, top_k)
 
     # ------------------------------------------------------------------------------------ checkpoints
 
