@@ -43,6 +43,7 @@ REGISTRY: dict[str, str] = {
     "merge-ties": "cmrbench.baselines.strategies.merging:merge_ties",
     "merge-dare": "cmrbench.baselines.strategies.merging:merge_dare",
     "gorilla": "cmrbench.baselines.trainable.generative:GenerativeRouter",
+    "gorilla-rag": "cmrbench.baselines.trainable.generative:GorillaRAGRouter",
     "controller": "cmrbench.baselines.controller:ControllerRouter",
     "carve-10": "cmrbench.baselines.carve.router:carve_10",
     "carve-20": "cmrbench.baselines.carve.router:carve_20",

@@ -24,7 +24,7 @@ from cmrbench.baselines.strategies.merging import (dare_merge, magnitude_trim, m
 from cmrbench.baselines.strategies.naive import NaiveRouter  # noqa: E402
 from cmrbench.baselines.trainable.backbone import TextBackbone, tiny_causal_lm, tiny_encoder  # noqa: E402
 from cmrbench.baselines.trainable.config import ConfigError, load_config  # noqa: E402
-from cmrbench.baselines.trainable.generative import GenerativeRouter, Snapper  # noqa: E402
+from cmrbench.baselines.trainable.generative import GenerativeRouter, GorillaRAGRouter, Snapper  # noqa: E402
 from cmrbench.baselines.trainable.registry import ModelRegistry  # noqa: E402
 from cmrbench.baselines.trainable.training import RandomCandidates, RouterNet, seeded_generator  # noqa: E402
 from cmrbench.data import Benchmark  # noqa: E402
@@ -356,6 +356,32 @@ def test_generative_router_on_a_tiny_causal_lm(hub, tiny_llm, tmp_path):
     # a trained router snaps its outputs: a prompt's answer is a registered id or a reported hallucination
     for ranking in router.route(prompts, 1):
         assert len(ranking) == 1 and isinstance(ranking[0][0], str)
+
+
+def test_gorilla_rag_reads_the_best_card_in_training_and_routing(hub, tiny_llm, tmp_path):
+    kw = {"backbone": tiny_llm, "lora_r": 4, "lora_alpha": 8, "epochs": 1, "batch_size": 8, "lr": 3e-3,
+          "max_new_tokens": 16, "retrieved_chars": 120}
+    router = GorillaRAGRouter(seed=0, **kw)
+    assert router.meta.name == "gorilla-rag" and router.cfg["max_seq_len"] == 512
+    bench = Benchmark(hub)
+    exp = bench.train_stream[0]
+    router.learn(exp)
+    # the document in a prompt is the card BM25 ranks first among the cards seen so far, cut to 120 characters
+    prompt = exp.train["prompt"][0]
+    (read,) = router.with_documents([prompt])
+    doc = read.split("\nUse this API documentation for reference: ", 1)[1]
+    assert read.startswith(prompt) and 0 < len(doc) <= 120
+    assert any(t.startswith(doc) for t in router.retriever.texts)
+    assert set(router.retriever.cards["model_id"]) <= set(exp.classes_seen_so_far)
+    res = evaluate(GorillaRAGRouter(seed=0, **kw), bench, tmp_path / "runs", progress=False, seed=0,
+                   on_unknown_id="count")
+    assert res.status == "complete" and res.router.parameters["retriever"] == "bm25"
+    router.save(tmp_path / "ckpt")
+    fresh = GorillaRAGRouter(seed=0, **kw)
+    fresh.load(tmp_path / "ckpt")
+    prompts = prompts_of(hub, 1)[:3]
+    assert fresh.with_documents(prompts) == router.with_documents(prompts)
+    assert fresh.route(prompts, 2) == router.route(prompts, 2)
 
 
 # ------------------------------------------------------------------------------------------ initialisation

@@ -5,6 +5,11 @@ Training (paper §5): completion-only supervised fine-tuning on ``<Gorilla promp
 default (full fine-tuning with ``lora: false``), sequentially over the experiences; ``replay_fraction``
 > 0 mixes in a random replay buffer (0 = sequential fine-tuning, the paper's Gorilla baseline).
 
+``gorilla-rag`` (paper §5, "Gorilla RAG"): the same router with retrieval in its prompt, in training and
+at routing alike (retriever-aware training): BM25 (the paper's tokenisation) over the cards seen so far
+picks the best card for each prompt, and its JSON (first ``retrieved_chars`` characters) is appended to the
+instruction as "Use this API documentation for reference: ..." (Gorilla's format).
+
 Routing: decode (greedy by default; beam search with ``num_beams`` > 1 returns up to that many
 names), then **snap** each generated name to the nearest model registered so far: exact match of the
 normalised form first, else the best Levenshtein normalised similarity >= ``snap_threshold`` (0.8, as
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,9 @@ import torch.nn.functional as F
 from cmrbench.data import Experience
 from cmrbench.protocol import Ranking, RouterMeta
 from cmrbench.fileio import atomic_write_text
+
+from cmrbench.baselines.retrieval.bm25 import TOKENIZERS, SparseBM25
+from cmrbench.baselines.retrieval.cardtext import card_text
 
 from .backbone import DTYPES, GORILLA_TEMPLATE, load_tokenizer, lora_target_modules, pick_device, resolve_backbone
 from .config import load_config
@@ -79,6 +88,31 @@ class Snapper:
         return self.ids[index], float(score)
 
 
+class CardIndex:
+    """BM25 over the cards seen so far (the authors' tokenisation): the retriever of ``gorilla-rag``."""
+
+    def __init__(self, max_chars: int):
+        self.max_chars = int(max_chars)
+        self.cards = pl.DataFrame(schema={"card_id": pl.String, "model_id": pl.String, "card": pl.String})
+        self.texts: list[str] = []
+        self.bm25: SparseBM25 | None = None
+
+    def add(self, cards: pl.DataFrame) -> None:
+        known = self.cards["card_id"].to_list()
+        new = cards.select("card_id", "model_id", "card").filter(~pl.col("card_id").is_in(known))
+        if new.height:
+            self.cards = pl.concat([self.cards, new])
+            self.texts = [card_text(c, "json") or m for c, m in self.cards.select("card", "model_id").rows()]
+            self.bm25 = SparseBM25([TOKENIZERS["paper"](t) for t in self.texts])
+
+    def best(self, prompts: Sequence[str]) -> list[str]:
+        """Each prompt's best card text (its first ``max_chars`` characters); ties to the earlier card."""
+        if self.bm25 is None:
+            return [""] * len(prompts)
+        scores = self.bm25.scores([TOKENIZERS["paper"](p) for p in prompts])
+        return [self.texts[i][:self.max_chars] for i in np.argmax(scores, axis=1)]
+
+
 class GenerativeRouter:
     """Gorilla-style router: a causal LM (LoRA) generates the model id; outputs snapped to registered ids."""
 
@@ -89,7 +123,9 @@ class GenerativeRouter:
         self.seed = int(seed)
         self.meta = RouterMeta(name=name or self.cfg.get("name") or "gorilla", version=VERSION,
                                description="Gorilla-style generative router: a causal LM fine-tuned to emit the "
-                                           "model id, snapped to registered ids (Levenshtein >= 0.8)",
+                                           "model id, snapped to registered ids (Levenshtein >= 0.8)"
+                                           + ("; the best BM25 card in its prompt (Gorilla RAG)"
+                                              if self.cfg["retriever"] else ""),
                                reference="https://arxiv.org/abs/2305.15334",
                                parameters={**self.cfg, "seed": self.seed}, zero_shot=False,
                                training_data=[f"pre-trained causal LM {backbone_label(self.cfg['backbone'])}"])
@@ -101,6 +137,9 @@ class GenerativeRouter:
         self.finished = 0
         self.history: list[dict[str, Any]] = []
         self._snapper: Snapper | None = None
+        if self.cfg["retriever"] not in (None, "bm25"):
+            raise ValueError(f"retriever must be bm25 or null, not {self.cfg['retriever']!r}")
+        self.retriever = CardIndex(self.cfg["retrieved_chars"]) if self.cfg["retriever"] else None
 
     # ------------------------------------------------------------------------------------ building
 
@@ -146,6 +185,13 @@ class GenerativeRouter:
         ids = ids[-(self.cfg["max_seq_len"] - 1):]
         return ([bos] if bos is not None else []) + ids
 
+    def with_documents(self, prompts: Sequence[str]) -> list[str]:
+        """The prompts as the model reads them: with the best card appended when the router retrieves."""
+        if self.retriever is None:
+            return list(prompts)
+        return [f"{p}\nUse this API documentation for reference: {doc}"
+                for p, doc in zip(prompts, self.retriever.best(prompts))]
+
     def _example(self, prompt: str, model_id: str) -> tuple[list[int], list[int]]:
         prefix = self._prefix(prompt)
         target = self._ids(" " + model_id)[:self.cfg["max_new_tokens"] - 1] + [self.tokenizer.eos_token_id]
@@ -174,6 +220,8 @@ class GenerativeRouter:
             model = self.ensure_model()
             known = set(self.ids)
             self._register([m for m in sorted(experience.classes_seen_so_far) if m not in known])
+            if self.retriever is not None:
+                self.retriever.add(experience.cards.filter(pl.col("model_id").is_in(experience.classes_seen_so_far)))
             current = examples_from(experience.train, t)
             stored = self.buffer.frame()
             examples = pl.concat([current, stored], how="vertical_relaxed") if stored is not None else current
@@ -188,7 +236,8 @@ class GenerativeRouter:
 
     def _fit(self, model, examples: pl.DataFrame, seed: int) -> float:
         c = self.cfg
-        pairs = [self._example(p, m) for p, m in zip(examples["prompt"].to_list(), examples["model_id"].to_list())]
+        prompts = self.with_documents(examples["prompt"].to_list())
+        pairs = [self._example(p, m) for p, m in zip(prompts, examples["model_id"].to_list())]
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=float(c["lr"]), weight_decay=float(c["weight_decay"]))
         bs, epochs = int(c["batch_size"]), int(c["epochs"])
@@ -235,7 +284,7 @@ class GenerativeRouter:
         model.eval()
         c = self.cfg
         pad = self.tokenizer.pad_token_id
-        prefixes = [self._prefix(p) for p in prompts]
+        prefixes = [self._prefix(p) for p in self.with_documents(prompts)]
         length = max(len(p) for p in prefixes)
         input_ids = torch.full((len(prefixes), length), pad, dtype=torch.long)
         mask = torch.zeros((len(prefixes), length), dtype=torch.long)
@@ -283,6 +332,8 @@ class GenerativeRouter:
         self.ensure_model()
         torch.save({n: p.detach().cpu() for n, p in self._tracked().items()}, folder / "weights.pt")
         frames = self.buffer.state_frames()
+        if self.retriever is not None:
+            frames["retrieval_cards"] = self.retriever.cards
         for name, frame in frames.items():
             frame.write_parquet(folder / f"{name}.parquet")
         info = {"router": self.meta.name, "strategy": self.config_name, "seed": self.seed, "config": self.cfg,
@@ -304,4 +355,14 @@ class GenerativeRouter:
         self._snapper = None
         self.finished, self.history = int(info["finished"]), list(info["history"])
         self.buffer = ReplayBuffer(self.cfg["replay_fraction"], seed=self.seed)
-        self.buffer.load_frames({n: pl.read_parquet(folder / f"{n}.parquet") for n in info.get("frames", [])})
+        frames = {n: pl.read_parquet(folder / f"{n}.parquet") for n in info.get("frames", [])}
+        if self.retriever is not None:
+            self.retriever = CardIndex(self.cfg["retrieved_chars"])
+            self.retriever.add(frames.pop("retrieval_cards"))
+        self.buffer.load_frames(frames)
+
+
+class GorillaRAGRouter(GenerativeRouter):
+    """``gorilla-rag``: the generative router with the best BM25 card in its prompt (``configs/gorilla-rag.yaml``)."""
+
+    config_name = "gorilla-rag"
