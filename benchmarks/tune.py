@@ -69,6 +69,14 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     **{f"naive/rows+ace+smooth={e}": ("naive", ROWS_ONLY + [f"domain_smoothing={e}"],
                                       "naive, ACE, rows only (lr 3e-3), target mass on the gold domain's models")
        for e in ("0.1", "0.3")},
+    # replay forgets the models it holds no prompt of (benchmarks/replay_forgetting.py): a replayed prompt's full
+    # softmax pushes every unreplayed old row down. Scored against the models with a training example instead:
+    "replay-20/rows+memory": ("replay-20", ROWS_ONLY + ["lr_registry=0.001", "softmax_scope=memory"],
+                              "replay 20 %, rows only, replayed prompts vs models with examples"),
+    "replay-20/slow+memory": ("replay-20", SLOW + ["softmax_scope=memory"],
+                              "replay 20 %, slow, replayed prompts vs models with examples"),
+    "replay-10/slow+memory": ("replay-10", SLOW + ["softmax_scope=memory"],
+                              "replay 10 %, slow, replayed prompts vs models with examples"),
     # CARvE on the shared settings
     "carve-10/slow": ("carve-10", SLOW, "CARvE K = 64 on the shared settings"),
     "carve-10/slow+all": ("carve-10", SLOW + ["candidates=all"], "CARvE, every model a candidate, ACE"),

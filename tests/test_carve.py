@@ -76,10 +76,10 @@ def test_candidate_and_batch_switches(bench):
     exp = bench.train_stream[0]
     router = carve_10(seed=0, **TINY)
     router.learn(exp)
-    assert isinstance(router.candidate_sampler(exp), CarveCandidates)
+    assert isinstance(router.candidate_sampler(exp, exp.train), CarveCandidates)
     plain = carve_10(seed=0, **{**TINY, "candidates": "all", "domains_per_batch": 0})
     plain.learn(exp)
-    assert isinstance(plain.candidate_sampler(exp), AllModels)
+    assert isinstance(plain.candidate_sampler(exp, exp.train), AllModels)
     frame = plain.training_frame
     plain_batches = plain.batch_sampler(exp)(frame, 0, torch.Generator().manual_seed(0))
     assert plain_batches == shuffled_batches(TINY["batch_size"])(frame, 0, torch.Generator().manual_seed(0))

@@ -495,3 +495,28 @@ def test_experience_scoped_softmax_leaves_old_rows_out_of_new_prompts_softmax(hu
     router2.learn(bench.train_stream[1])
     rows = [router2.net.registry.index[m] for m in sorted(only_old)]
     assert torch.equal(router2.net.registry.weight[rows], old[rows])
+
+
+def test_memory_scope_scores_replayed_prompts_against_models_with_examples_only(hub, small):
+    from cmrbench.baselines.trainable.training import AllModels, Batch
+
+    router = NaiveRouter(seed=0, **{**small, "epochs": 0})
+    router.learn(Benchmark(hub).train_stream[0])
+    net = router.net
+    n = len(net.registry)
+    frame = pl.DataFrame({"domain": ["D1", "D1"], "experience": [2, 1]})
+    batch = Batch(rows=[0, 1], frame=frame, prompts=["a", "b"], targets=torch.tensor([1, 2]), weights=torch.ones(2))
+    cands = AllModels(0.0, {}, scope=[1, 3], current=2, old_scope=[1, 2, 3])(batch, net, 0)
+    assert cands.allowed[0].tolist() == [i in (1, 3) for i in range(n)]
+    assert cands.allowed[1].tolist() == [i in (1, 2, 3) for i in range(n)]
+    # in training: an old model with no replayed prompt is never a negative, so its row does not move
+    bench = Benchmark(hub)
+    replay = factory("replay-20")(seed=0, **{**small, "epochs": 1, "softmax_scope": "memory"})
+    replay.learn(bench.train_stream[0])
+    old = replay.net.registry.weight.detach().clone()
+    kept = set(replay.buffer.frame()["model_id"].to_list())
+    untouched = (set(bench.train_stream[0].classes_seen_so_far) - kept
+                 - set(bench.train_stream[1].classes_in_this_experience))
+    replay.learn(bench.train_stream[1])
+    rows = [replay.net.registry.index[m] for m in sorted(untouched)]
+    assert rows and torch.equal(replay.net.registry.weight[rows], old[rows])

@@ -243,9 +243,9 @@ class CarveRouter(ReplayRouter):
         self.training_frame = frame
         return frame
 
-    def candidate_sampler(self, experience: Experience):
+    def candidate_sampler(self, experience: Experience, examples: pl.DataFrame):
         if self.cfg["candidates"] != "carve":  # ablation: every registered model, or uniform random negatives
-            return super().candidate_sampler(experience)
+            return super().candidate_sampler(experience, examples)
         net = self.ensure_net()
         domains = [self.model_domain.get(m, "unknown") for m in net.registry.ids]
         index = ModelIndex(domains, {d: _category(d) for d in set(domains)})

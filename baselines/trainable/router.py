@@ -207,20 +207,23 @@ class TrainableRouter:
         """What to train on: by default this experience's examples only."""
         return current
 
-    def candidate_sampler(self, experience: Experience) -> CandidateSampler:
+    def candidate_sampler(self, experience: Experience, examples: pl.DataFrame) -> CandidateSampler:
+        """What each training example is scored against (``examples``: this experience's training set)."""
         if self.cfg["candidates"] == "all":
             registry = self.ensure_net().registry
             scope = self.cfg["softmax_scope"]
-            if scope not in ("all", "experience"):
-                raise ValueError(f"softmax_scope must be 'all' or 'experience', not {scope!r}")
+            if scope not in ("all", "experience", "memory"):
+                raise ValueError(f"softmax_scope must be 'all', 'experience' or 'memory', not {scope!r}")
             rows: dict[str, list[int]] = {}
             for model_id, domains in experience.models.select("model_id", "domains").rows():
                 for d in domains:
                     rows.setdefault(d, []).append(registry.index[model_id])
+            present = sorted(set(examples["model_id"].to_list()) | set(experience.classes_in_this_experience))
             return AllModels(float(self.cfg["domain_smoothing"]), rows,
                              scope=(registry.rows(sorted(experience.classes_in_this_experience)).tolist()
-                                    if scope == "experience" else None),
-                             current=experience.current_experience)
+                                    if scope != "all" else None),
+                             current=experience.current_experience,
+                             old_scope=registry.rows(present).tolist() if scope == "memory" else None)
         if self.cfg["candidates"] == "sampled":
             return RandomCandidates(self.cfg["num_candidates"], self.seed * 1000 + experience.current_experience)
         raise ValueError(f"candidates must be 'all' or 'sampled', not {self.cfg['candidates']!r}")
@@ -324,7 +327,7 @@ class TrainableRouter:
             start = time.perf_counter()
             trainer = self.make_trainer(experience)
             stats = trainer.fit(examples, epochs=self.epochs(experience), batches=self.batch_sampler(experience),
-                                seed=self.seed * 1000 + t, sampler=self.candidate_sampler(experience),
+                                seed=self.seed * 1000 + t, sampler=self.candidate_sampler(experience, examples),
                                 losses=self.loss_hooks(experience), callbacks=self.callbacks(experience),
                                 log=lambda msg: log.info("%s, experience %d: %s", self.meta.name, t, msg))
             self.end_experience(experience, current, examples)

@@ -170,16 +170,22 @@ class AllModels:
     that experience's models only, so learning new models never pushes the rows of old ones down; an example
     of an earlier experience (replayed, or kept by cumulative training) is scored against every model.
 
+    ``old_scope`` (registry rows): with ``scope``, the models an earlier experience's example is scored against
+    instead of every model; ``softmax_scope=memory`` passes the models that have an example in this experience's
+    training set, so a replayed prompt never pushes down an old model that has no replayed prompt of its own.
+
     ``domain_smoothing`` = eps > 0 makes the target (1 - eps) on the gold model and eps spread evenly over the
     other models of the gold domain it is scored against (``domain_rows``: domain -> registry rows), one-hot
     when there is none: label smoothing that teaches which models are interchangeable at domain level.
     """
 
     def __init__(self, domain_smoothing: float = 0.0, domain_rows: dict[str, list[int]] | None = None,
-                 scope: Sequence[int] | None = None, current: int | None = None):
+                 scope: Sequence[int] | None = None, current: int | None = None,
+                 old_scope: Sequence[int] | None = None):
         self.eps = float(domain_smoothing)
         self.domain_rows = domain_rows or {}
         self.scope = None if scope is None else torch.as_tensor(list(scope), dtype=torch.long)
+        self.old_scope = None if old_scope is None else torch.as_tensor(list(old_scope), dtype=torch.long)
         self.current = current
 
     def __call__(self, batch: "Batch", net: RouterNet, step: int) -> CandidateSet:
@@ -189,7 +195,11 @@ class AllModels:
             in_scope = torch.zeros(n, dtype=torch.bool)
             in_scope[self.scope] = True
             current = torch.as_tensor((batch.frame["experience"] == self.current).to_numpy())
-            allowed = torch.where(current[:, None], in_scope[None, :], torch.ones(1, n, dtype=torch.bool))
+            in_old_scope = torch.ones(n, dtype=torch.bool)
+            if self.old_scope is not None:
+                in_old_scope = torch.zeros(n, dtype=torch.bool)
+                in_old_scope[self.old_scope] = True
+            allowed = torch.where(current[:, None], in_scope[None, :], in_old_scope[None, :])
             allowed = allowed.to(net.device)
         if self.eps <= 0:
             return CandidateSet(None, batch.targets, allowed)
