@@ -54,7 +54,7 @@ def main() -> None:
     import polars as pl
 
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import evaluate
+    from cmrbench.harness import evaluate
     from cmrbench.scoring import score_predictions
 
     report: dict = {}

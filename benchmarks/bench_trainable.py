@@ -2,7 +2,7 @@
 
     python benchmarks/bench_trainable.py --data DIR [--strategies naive replay-10 ...] [--router-arg k=v ...]
 
-Each strategy runs in its own process (``cmrbench.evaluate.evaluate`` on the built folder, seed 0), so
+Each strategy runs in its own process (``cmrbench.harness.evaluate`` on the built folder, seed 0), so
 its peak RSS is its own. Results are merged into ``benchmarks/out/trainable.json`` (one entry per
 strategy, rewritten when a strategy is run again): wall time, learn / route seconds per experience,
 peak RSS, the M / F / D final average accuracy and D forgetting, the load average of the machine
@@ -33,7 +33,7 @@ BUDGET_S = 15 * 60
 
 def worker(args: argparse.Namespace) -> None:
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import evaluate
+    from cmrbench.harness import evaluate
     from cmrbench.registry import load_router, parse_router_args
 
     import torch

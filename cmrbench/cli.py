@@ -87,14 +87,14 @@ def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, a
     else:
         router = load_router(router_spec, parse_router_args(router_args), seed=args.seed)
     try:
-        return _run(router, bench, out, args, keep)
+        return _run(router, router_spec, bench, out, args, keep)
     finally:
         if args.isolate:
             router.close()
 
 
-def _run(router, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:
-    from .evaluate import RunPaths, evaluate
+def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:
+    from .harness import RunPaths, evaluate
     from .results import load_results
     if args.run_name:
         router.meta = router.meta.model_copy(update={"name": args.run_name})
@@ -109,7 +109,8 @@ def _run(router, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:
     results = evaluate(router, bench, out, seed=args.seed, top_k=args.top_k, batch_size=args.batch_size,
                        timeout=None if isolated else args.timeout,
                        learn_timeout=None if isolated else args.learn_timeout,       # the worker enforces them
-                       resume=args.resume, on_unknown_id=args.on_unknown_id, progress=not args.no_progress)
+                       resume=args.resume, on_unknown_id=args.on_unknown_id, progress=not args.no_progress,
+                       command=["cmrbench", *args.argv], router_spec=router_spec)
     s = results.summary
     print(f"{results.router.name} on {bench.name} (seed {args.seed}), after {results.finished_experiences} "
           f"experiences: M {100 * s['model'].final_average_accuracy:.1f} / F "
@@ -419,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)     # the run record keeps the command line
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     if os.environ.get("CMRBENCH_DEBUG"):

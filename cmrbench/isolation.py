@@ -37,7 +37,7 @@ def _worker(conn: Connection, spec: str, args: dict[str, Any], seed: int) -> Non
         del os.environ[key]
     os.chdir(tempfile.mkdtemp(prefix="cmrbench-worker-"))
     try:
-        from .evaluate import seed_everything
+        from .harness import seed_everything
         from .protocol import CheckpointableRouter
         from .registry import load_router
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .data import Benchmark
-from .evaluate import RunPaths, evaluate
+from .harness import RunPaths, evaluate
 from .registry import load_router
 
 

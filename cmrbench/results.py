@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from .fileio import atomic_write_text
 from .protocol import RouterMeta
 
 RESULTS_SCHEMA_VERSION = "1.3"  # 1.1: dataset.eval_split (1.0 files read as test-split runs); 1.2: answer_key, isolation;
-# 1.3: router.statistics
+# 1.3: router.statistics, run (the run record)
 LEVELS = ("model", "family", "domain")
 KS = (1, 3, 5, 10)
 
@@ -69,6 +70,53 @@ class Timings(_Strict):
     peak_rss_mb: float
 
 
+class RunRecord(_Strict):
+    """When and how a run was made: enough to tell two runs apart and to redo one."""
+
+    started_at: str = Field(description="UTC, ISO 8601, when the run (not a resumed part) began")
+    finished_at: str = Field(description="UTC, ISO 8601, when this file was last written")
+    command: list[str] | None = Field(None, description="the command line, when run from `cmrbench`")
+    router_spec: str | None = Field(None, description="the router as named on the command line (registered name, "
+                                                      "module:Class or folder), when run from `cmrbench`")
+    code_commit: str | None = Field(None, description="git commit of the cmrbench source tree ('+dirty' when "
+                                                      "changed), when it runs from a checkout")
+    packages: dict[str, str] = Field(default_factory=dict, description="versions of the packages results hang on")
+
+
+PACKAGES = ("numpy", "polars", "pyarrow", "torch", "transformers", "sentence-transformers", "peft", "rank-bm25",
+            "pyserini", "faiss-cpu")
+
+
+def run_record(started_at: str, command: list[str] | None = None, router_spec: str | None = None) -> RunRecord:
+    from datetime import datetime, timezone
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return RunRecord(started_at=started_at, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     command=command, router_spec=router_spec, code_commit=_source_commit(), packages=packages)
+
+
+def _source_commit() -> str | None:
+    """The git commit of the source tree cmrbench runs from (None for an installed wheel or without git)."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
 class Results(_Strict):
     schema_version: Literal["1.0", "1.1", "1.2", "1.3"] = RESULTS_SCHEMA_VERSION
     cmrbench_version: str
@@ -91,6 +139,16 @@ class Results(_Strict):
         default_factory=dict, description="harness references (random, most-frequent, oracle, domain-oracle)")
     timings: Timings
     predictions_file: str
+    run: RunRecord | None = Field(None, description="when and how the run was made (schema 1.3 on)")
+    _predictions: pl.DataFrame | None = PrivateAttr(None)
+
+    @property
+    def predictions(self) -> pl.DataFrame:
+        """The per-prompt predictions (in memory after ``cmrbench.evaluate``, else read from beside the file)."""
+        if self._predictions is None:
+            raise ValueError("these results hold no predictions in memory; read "
+                             f"{self.predictions_file} beside the results file")
+        return self._predictions
 
 
 def hardware() -> Hardware:

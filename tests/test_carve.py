@@ -8,7 +8,7 @@ import torch
 
 from cmrbench.baselines.carve.router import CarveRouter, TwoPhase, carve_10
 from cmrbench.data import Benchmark
-from cmrbench.evaluate import evaluate
+from cmrbench.harness import evaluate
 
 TINY = dict(epochs=4, num_candidates=8, hard_negatives=2, semantic_negatives=3, far_negatives=2, mine_every=5,
             dim=32, batch_size=8, max_seq_len=24, freeze_layers=5, lr_projection=0.005, lr_registry=0.05)

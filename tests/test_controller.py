@@ -20,7 +20,7 @@ from cmrbench.baselines.chat import ChatClient, ChatSettings
 from cmrbench.baselines.controller import ControllerError, ControllerRouter, parse_domain
 from cmrbench.cli import main
 from cmrbench.data import Benchmark
-from cmrbench.evaluate import evaluate
+from cmrbench.harness import evaluate
 
 DOMAINS = ["Computer Vision Image Classification", "Computer Vision Zero-Shot Image Classification",
            "Natural Language Processing Translation", "Audio Automatic Speech Recognition"]

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from cmrbench.data import Benchmark, HiddenInformationError
-from cmrbench.evaluate import RouterCallError, evaluate
+from cmrbench.harness import RouterCallError, evaluate
 from cmrbench.scoring import score_predictions
 from cmrbench.protocol import RouterMeta
 from cmrbench.registry import load_router

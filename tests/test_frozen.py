@@ -14,7 +14,7 @@ from cmrbench.baselines.frozen.ncm import NCMRouter  # noqa: E402
 from cmrbench.baselines.frozen.ranpac import RanPACRouter  # noqa: E402
 from cmrbench.baselines.retrieval.cardtext import card_text  # noqa: E402
 from cmrbench.data import Benchmark  # noqa: E402
-from cmrbench.evaluate import evaluate  # noqa: E402
+from cmrbench.harness import evaluate  # noqa: E402
 from cmrbench.protocol import CheckpointableRouter  # noqa: E402
 from cmrbench.synthetic import make_synthetic_hub  # noqa: E402
 

@@ -75,7 +75,7 @@ def test_a_router_asking_for_the_answer_key_is_refused_unless_it_is_a_reference_
     from cheaters import AskingForGold
 
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import RouterCallError, evaluate
+    from cmrbench.harness import RouterCallError, evaluate
     from cmrbench.registry import load_router
 
     with pytest.raises(RouterCallError, match="asks for the answer key .* not a reference row"):
@@ -90,7 +90,7 @@ def test_isolated_workers_cannot_reach_the_answer_key(cheater, synthetic_hub, tm
     import cheaters
 
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import evaluate
+    from cmrbench.harness import evaluate
     from cmrbench.isolation import isolate
 
     bench = Benchmark(synthetic_hub)
@@ -106,7 +106,7 @@ def test_isolated_workers_cannot_reach_the_answer_key(cheater, synthetic_hub, tm
 
 def test_isolated_worker_exit_and_hang_are_clear_errors(synthetic_hub, tmp_path):
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import RouterCallError, evaluate
+    from cmrbench.harness import RouterCallError, evaluate
     from cmrbench.isolation import isolate
 
     bench = Benchmark(synthetic_hub)
@@ -140,7 +140,7 @@ def test_in_process_exits_and_slow_learning_stop_the_run_with_an_error(synthetic
 def scored(synthetic_hub, tmp_path_factory):
     """A finished run of a real (zero-shot) router and a reference row, to tamper with."""
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import evaluate
+    from cmrbench.harness import evaluate
     from cmrbench.registry import load_router
 
     out = tmp_path_factory.mktemp("scored")
@@ -258,7 +258,7 @@ def test_random_router_resumed_after_a_kill_gives_the_uninterrupted_numbers(synt
     import polars as pl
 
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import evaluate
+    from cmrbench.harness import evaluate
     from cmrbench.registry import load_router
 
     bench = Benchmark(synthetic_hub)
@@ -296,7 +296,7 @@ def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_do(sy
 
 def test_router_names_that_sanitise_alike_never_share_a_file(synthetic_hub, tmp_path):
     from cmrbench.data import Benchmark
-    from cmrbench.evaluate import RunPaths
+    from cmrbench.harness import RunPaths
 
     bench = Benchmark(synthetic_hub)
     stems = {RunPaths.for_run(tmp_path, name, bench, 0).results.name for name in ("a/b", "a?b", "a-b", ".hidden")}
@@ -345,7 +345,7 @@ def test_ranking_follows_each_metrics_direction_and_keeps_references_apart(score
 
 @pytest.mark.parametrize("bad", [("m", True), ("m", "0.5"), ("m", 10 ** 400), (None, 1.0)])
 def test_malformed_scores_and_ids_are_refused_naming_the_router(bad):
-    from cmrbench.evaluate import RouterCallError, check_rankings
+    from cmrbench.harness import RouterCallError, check_rankings
 
     class Sub(str):
         pass

@@ -10,7 +10,7 @@ import pytest
 from cmrbench.analysis import compare, ranking_agreement, verify
 from cmrbench.cli import main
 from cmrbench.data import Benchmark
-from cmrbench.evaluate import evaluate
+from cmrbench.harness import evaluate
 from cmrbench.leaderboard.board import build_leaderboard, leaderboard_json_schema, to_markdown
 from cmrbench.manifest import manifest_json_schema
 from cmrbench.registry import load_router

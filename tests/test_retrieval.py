@@ -177,7 +177,7 @@ def test_oracle_domain_variant(bench):
 
 
 def test_evaluate_bm25_beats_random(bench, tmp_path):
-    from cmrbench.evaluate import evaluate
+    from cmrbench.harness import evaluate
 
     res = evaluate(BM25Router(), bench, tmp_path / "runs", progress=False)
     assert res.summary["model"].final_average_accuracy > res.reference_rows["random"]["model"].final_average_accuracy

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from cmrbench.data import Benchmark
-from cmrbench.evaluate import evaluate
+from cmrbench.harness import evaluate
 from cmrbench.leaderboard.board import LEADERBOARD_SCHEMA_VERSION, build_leaderboard
 from cmrbench.leaderboard.cli import add_html_option
 from cmrbench.leaderboard.cli import main as lb_main

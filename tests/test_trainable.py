@@ -28,7 +28,7 @@ from cmrbench.baselines.trainable.generative import GenerativeRouter, GorillaRAG
 from cmrbench.baselines.trainable.registry import ModelRegistry  # noqa: E402
 from cmrbench.baselines.trainable.training import RandomCandidates, RouterNet, seeded_generator  # noqa: E402
 from cmrbench.data import Benchmark  # noqa: E402
-from cmrbench.evaluate import evaluate  # noqa: E402
+from cmrbench.harness import evaluate  # noqa: E402
 from cmrbench.protocol import CheckpointableRouter  # noqa: E402
 from cmrbench.synthetic import make_synthetic_hub  # noqa: E402
 

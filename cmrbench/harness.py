@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +30,7 @@ from .data import Benchmark
 from .fileio import atomic_write
 from .isolation import IsolatedRouter
 from .protocol import CheckpointableRouter, Router
-from .results import DatasetRef, Results, Timings, hardware, load_results, save_results
+from .results import DatasetRef, Results, RunRecord, Timings, hardware, load_results, run_record, save_results
 from .scoring import PREDICTION_SCHEMA, derived_fields
 
 UNKNOWN_ID_POLICIES = ("error", "count")
@@ -156,8 +157,11 @@ class RunPaths:
 
 def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed: int = 0, top_k: int = 10,
              batch_size: int = 64, timeout: float | None = None, learn_timeout: float | None = None,
-             resume: bool = False, on_unknown_id: str = "error", progress: bool = True) -> Results:
+             resume: bool = False, on_unknown_id: str = "error", progress: bool = True,
+             command: list[str] | None = None, router_spec: str | None = None) -> Results:
     """Run the protocol for ``router`` on ``benchmark``; write results JSON + predictions into ``out_dir``.
+
+    ``command`` and ``router_spec`` (the command line and the ``--router`` given) go into the run record.
 
     ``timeout`` bounds each ``route`` call and ``learn_timeout`` each ``learn`` call (seconds; a late call stops
     the run with an error; the late call itself cannot be interrupted in this process, see ``--isolate``).
@@ -191,7 +195,10 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
     call_seconds: list[float] = []
     call_sizes: list[int] = []
     start = 0
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if resume and paths.results.exists():
+        previous = load_results(paths.results)
+        started_at = previous.run.started_at if previous.run else started_at
         start, predictions, learn_s, route_s = _resume_state(router, benchmark, paths, seed, top_k, progress)
     elif paths.results.exists() and not resume:
         raise ResumeError(f"{paths.results} exists; pass --resume to continue it or --overwrite to start again.")
@@ -245,14 +252,14 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
         predictions = pl.concat([predictions, pl.DataFrame(rows, schema=PREDICTION_SCHEMA)])
         atomic_write(paths.predictions, predictions.write_parquet)
         results = build_results(router, benchmark, predictions, t, seed, top_k, learn_s, route_s,
-                                call_seconds, call_sizes, paths)
+                                call_seconds, call_sizes, paths, run_record(started_at, command, router_spec))
         save_results(results, paths.results)
     return load_results(paths.results) if start == T else results
 
 
 def build_results(router: Router, benchmark: Benchmark, predictions: pl.DataFrame, finished: int, seed: int,
                   top_k: int, learn_s: list[float], route_s: list[float], call_seconds: list[float],
-                  call_sizes: list[int], paths: RunPaths) -> Results:
+                  call_sizes: list[int], paths: RunPaths, run: RunRecord | None = None) -> Results:
     lat = M.latency_summary(call_seconds, call_sizes) if call_seconds else {}
     return Results(
         cmrbench_version=__version__,
@@ -269,6 +276,7 @@ def build_results(router: Router, benchmark: Benchmark, predictions: pl.DataFram
                         throughput_prompts_per_s=lat.get("throughput_prompts_per_second"),
                         peak_rss_mb=_peak_rss_mb()),
         predictions_file=paths.predictions.name,
+        run=run,
     )
 
 
