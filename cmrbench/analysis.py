@@ -132,3 +132,39 @@ def ranking_agreement(a_path: Path, b_path: Path, data: Path, k: int = 10) -> di
         top1.append(bool(x) and bool(y) and x[0] == y[0])
         overlap.append(len(set(x[:k]) & set(y[:k])) / k)
     return {"top1": float(np.mean(top1)), f"overlap@{k}": float(np.mean(overlap)), "n": len(top1)}
+
+
+SLICES = ("source", "category", "modality", "test_experience", "gold_model", "domain")
+
+
+def slices(results_path: Path, data: Path | Benchmark) -> dict[str, dict[str, dict[str, float]]]:
+    """Where a router succeeds and fails: top-1 accuracy (model, family, domain) after its last experience,
+    broken down by the prompts' source dataset, domain category, modality, test experience, whether the gold
+    model was new in the prompt's experience or seen before (``gold_model``), and domain.
+
+    Returns ``slice -> value -> {"n": prompts, "model": acc, "family": acc, "domain": acc}`` (accuracies in
+    [0, 1]); every number is recomputed from the verified predictions.
+    """
+    results = load_results(results_path)
+    bench = data if isinstance(data, Benchmark) else _benchmark_for(results, data)
+    correct = per_prompt_correct(results_path, bench)
+    t = results.finished_experiences
+    earlier: set[str] = set()
+    frames = []
+    for j in range(1, t + 1):
+        rows = bench.split(j, bench.eval_split)
+        frames.append(rows.select(
+            "prompt_id", "source", "category", "domain", pl.col("modality").fill_null("unlabelled"),
+            pl.lit(str(j)).alias("test_experience"),
+            pl.when(pl.col("model_id").is_in(list(earlier))).then(pl.lit("seen before"))
+              .otherwise(pl.lit("new in its experience")).alias("gold_model")))
+        earlier |= bench.experience_models(j)
+    table = pl.concat(frames)
+    for level in LEVELS:
+        table = table.join(correct[level].rename({"correct": f"top1_{level}"}), on="prompt_id", how="inner")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in SLICES:
+        grouped = table.group_by(name).agg(pl.len().alias("n"), *[pl.col(f"top1_{lv}").mean() for lv in LEVELS])
+        out[name] = {str(row[name]): {"n": int(row["n"]), **{lv: float(row[f"top1_{lv}"]) for lv in LEVELS}}
+                     for row in grouped.sort(name).iter_rows(named=True)}
+    return out

@@ -212,6 +212,45 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    import json
+
+    from .analysis import slices, verify
+    data = args.data or default_data_dir()
+    results = verify(args.results, data)
+    found = slices(args.results, data)
+    if args.json:
+        print(json.dumps({"summary": {k: v.model_dump() for k, v in results.summary.items()}, "slices": found},
+                         indent=1))
+        return 0
+    r = results
+    print(f"{r.router.name} on {r.dataset.name} {r.dataset.version} ({r.dataset.stream}, {r.dataset.eval_split} "
+          f"split), seed {r.seed}, {r.status} after {r.finished_experiences} of {r.dataset.n_experiences} experiences")
+    if r.run is not None:
+        print(f"run {r.run.started_at} .. {r.run.finished_at}" + (f", code {r.run.code_commit}" if r.run.code_commit
+                                                                   else ""))
+    _print_table([{"level": level, "final": f"{100 * s.final_average_accuracy:.1f}",
+                   "stream": f"{100 * s.stream_average_accuracy:.1f}",
+                   "forgetting": "-" if s.forgetting is None else f"{100 * s.forgetting:.1f}",
+                   "BWT": "-" if s.backward_transfer is None else f"{100 * s.backward_transfer:+.1f}"}
+                  for level, s in r.summary.items()], ["level", "final", "stream", "forgetting", "BWT"])
+    print("\ntop-1 accuracy (%) per prompt after the last experience, by slice (a slice averages its prompts, "
+          "the final accuracy above averages experiences):")
+    for name, groups in found.items():
+        items = sorted(groups.items(), key=lambda kv: kv[1]["domain"])
+        if name == "domain" and len(items) > 2 * args.domains:
+            shown = [kv for kv in items if kv[1]["n"] >= 10]
+            items = shown[:args.domains] + shown[-args.domains:]
+            print(f"\nby domain: the {args.domains} weakest and strongest with at least 10 prompts "
+                  f"(of {len(groups)}; --json lists all)")
+        else:
+            print(f"\nby {name.replace('_', ' ')}:")
+        label = "gold domain" if name == "domain" else name.replace("_", " ")
+        _print_table([{label: k, "n": v["n"], **{lv: f"{100 * v[lv]:.1f}" for lv in ("model", "family", "domain")}}
+                      for k, v in items], [label, "n", "model", "family", "domain"])
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard.board import build_leaderboard, to_markdown
     from .fileio import atomic_write_text
@@ -379,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(p)
     p.add_argument("--write", action="store_true", help="replace every differing field by its recomputed value")
     p.set_defaults(func=cmd_rescore)
+
+    p = sub.add_parser("show", help="one results file: summaries and where the router fails (slices)",
+                       description="Verifies a results file against its predictions, then prints its summaries and "
+                                   "top-1 accuracy (model / family / domain, after the last experience) by source "
+                                   "dataset, domain category, modality, test experience, gold model new or seen "
+                                   "before, and domain.",
+                       epilog="example: cmrbench show results/CMRBench-v1-paper/ncm__CMRBench-v1-paper__seed0.json")
+    p.add_argument("results", type=Path, help="a results JSON (its predictions Parquet beside it)")
+    _data_arg(p)
+    p.add_argument("--domains", type=int, default=5, help="weakest and strongest domains to list (default 5)")
+    p.add_argument("--json", action="store_true", help="print summaries and every slice as JSON")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compare", help="paired bootstrap comparison of two results files",
                        description="Confidence intervals and p-values of the difference in per-prompt top-1 "

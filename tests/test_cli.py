@@ -10,7 +10,7 @@ import pytest
 
 from cmrbench.cli import build_parser, main
 
-COMMANDS = ["build", "info", "sources", "evaluate", "mock-run", "mock-data", "routers", "rescore", "compare",
+COMMANDS = ["build", "info", "sources", "evaluate", "mock-run", "mock-data", "routers", "rescore", "compare", "show",
             "leaderboard", "reproduce", "plot", "publish", "models"]
 
 

@@ -96,3 +96,20 @@ def test_ranking_agreement(runs, synthetic_hub, capsys):
     assert other["n"] == n and other["top1"] < 0.5 and 0 < other["overlap@10"] < 1
     assert main(["compare", str(a), str(b), "--data", str(synthetic_hub), "--resamples", "100"]) == 0
     assert "ranking agreement: same first model" in capsys.readouterr().out
+
+
+def test_slices_and_show(runs, synthetic_hub, capsys):
+    from cmrbench.analysis import per_prompt_correct, slices
+    path = next(runs.glob("domain-oracle__*.json"))
+    found = slices(path, synthetic_hub)
+    bench = Benchmark(synthetic_hub)
+    n = sum(bench.test_set(j).height for j in range(1, bench.n_experiences + 1))
+    overall = per_prompt_correct(path, bench)["model"]["correct"].mean()
+    for name, groups in found.items():
+        assert sum(g["n"] for g in groups.values()) == n, name          # every slice partitions the prompts
+        assert sum(g["n"] * g["model"] for g in groups.values()) / n == pytest.approx(overall)
+    assert all(g["domain"] == 1.0 for g in found["domain"].values())      # the domain oracle never misses one
+    assert set(found["gold_model"]) <= {"new in its experience", "seen before"}
+    assert main(["show", str(path), "--data", str(synthetic_hub)]) == 0
+    out = capsys.readouterr().out
+    assert "by source:" in out and "by gold model:" in out and "domain-oracle on CMRBench" in out
