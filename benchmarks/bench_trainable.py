@@ -25,8 +25,7 @@ from pathlib import Path
 from cmrbench.registry import REGISTRY
 from cmrbench.fileio import atomic_write_text
 
-STRATEGIES = {name: REGISTRY[name] for name in ("naive", "replay-10", "replay-20", "cumulative", "joint", "ewc",
-                                               "lwf", "merge-avg", "merge-ties", "merge-dare", "carve-10", "carve-20")}
+STRATEGIES = {name: e.target for name, e in REGISTRY.items() if e.kind in ("trained", "carve")}
 OUT = Path(__file__).resolve().parent / "out" / "trainable.json"
 BUDGET_S = 15 * 60
 
@@ -49,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
                     "forgetting": None if s.forgetting is None else round(100 * s.forgetting, 2)}
                for lv, s in res.summary.items()}
     row = {
-        "strategy": args.worker, "router": REGISTRY[args.worker], "eval_split": args.eval_split,
+        "strategy": args.worker, "router": REGISTRY[args.worker].target, "eval_split": args.eval_split,
         "wall_seconds": round(wall, 1),
         "learn_seconds": [round(x, 1) for x in res.timings.learn_seconds],
         "route_seconds": [round(x, 1) for x in res.timings.route_seconds],

@@ -284,9 +284,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_routers(args: argparse.Namespace) -> int:
-    from .registry import REGISTRY
-    for name, target in REGISTRY.items():
-        print(f"{name:16s} {target}")
+    from .registry import KINDS, registered
+    entries = registered()
+    if args.kind:
+        entries = {n: e for n, e in entries.items() if e.kind == args.kind}
+    if args.names:
+        print("\n".join(entries))
+        return 0
+    _print_table([{"name": n, "kind": e.kind, "extra": e.extra or "-", "cost (2 CPU cores)": e.cost or "-",
+                   "what": e.summary} for n, e in sorted(entries.items(), key=lambda kv: (KINDS.index(kv[1].kind),
+                                                                                           kv[0]))],
+                 ["name", "kind", "extra", "cost (2 CPU cores)", "what"])
     return 0
 
 
@@ -387,10 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("routers", help="list registered router names",
-                       description="List the routers registered by name (for `evaluate --router NAME`) and the "
-                                   "module:factory each one loads. Any other router can be named as "
-                                   "package.module:Class, or as a folder of precomputed predictions.")
+    p = sub.add_parser("routers", help="list registered router names, their kind, extra and cost",
+                       description="List the routers registered by name (for `evaluate --router NAME`): their kind, "
+                                   "the pip extra they need, their rough cost on the v1 stream and what they do. "
+                                   "Other installed packages add routers through the entry-point group "
+                                   "'cmrbench.routers'. Any other router can be named as package.module:Class, or "
+                                   "as a folder of precomputed predictions.",
+                       epilog="example: cmrbench routers --kind trained --names")
+    p.add_argument("--kind", choices=["reference", "retrieval", "frozen", "trained", "generative", "llm", "carve",
+                                      "external"], help="only routers of this kind")
+    p.add_argument("--names", action="store_true", help="names only, one per line (for scripts)")
     p.set_defaults(func=cmd_routers)
 
     p = sub.add_parser("models", help="list or fetch the encoders routers can name (minilm, mpnet)",

@@ -115,3 +115,24 @@ def test_run_name_names_the_results_of_one_configuration(synthetic_hub, tmp_path
                  "dense-description", "--data", str(synthetic_hub), "--out", str(tmp_path), "--no-progress"]) == 0
     results = load_results(tmp_path / "dense-description__CMRBench-v1-synthetic__seed0.json")
     assert results.router.name == "dense-description" and results.router.parameters["template"] == "description"
+
+
+def test_routers_are_listed_with_metadata_and_other_packages_can_add_some(monkeypatch, capsys, tmp_path):
+    import importlib.metadata as md
+
+    from cmrbench.registry import KINDS, REGISTRY, load_router, registered
+    assert all(e.kind in KINDS and e.summary and ":" in e.target for e in REGISTRY.values())
+    (tmp_path / "toy_routers.py").write_text(
+        "from cmrbench.baselines.reference import RandomRouter\n"
+        "def toy(seed=0):\n    return RandomRouter(seed=seed)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    toy = md.EntryPoint(name="toy", value="toy_routers:toy", group="cmrbench.routers")
+    clash = md.EntryPoint(name="bm25", value="toy_routers:toy", group="cmrbench.routers")
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [toy, clash] if group == "cmrbench.routers" else [])
+    names = registered()
+    assert names["toy"].kind == "external" and names["bm25"] == REGISTRY["bm25"]   # ours are never replaced
+    assert load_router("toy").meta.name == "random"
+    assert main(["routers", "--kind", "external", "--names"]) == 0
+    assert capsys.readouterr().out.split() == ["toy"]
+    assert main(["routers"]) == 0
+    assert "lucene" in capsys.readouterr().out

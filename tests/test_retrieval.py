@@ -408,5 +408,5 @@ def test_registry_names_resolve():
     from cmrbench.registry import REGISTRY, _import
 
     for name in ("bm25", "bm25-rank", "lucene-bm25", "dense", "splade", "bge-m3"):
-        cls = _import(REGISTRY[name])
+        cls = _import(REGISTRY[name].target)
         assert issubclass(cls, CardRetriever), name

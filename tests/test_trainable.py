@@ -35,8 +35,7 @@ from cmrbench.synthetic import make_synthetic_hub  # noqa: E402
 # the continual strategies, as registered for `cmrbench evaluate --router NAME`
 from cmrbench.registry import REGISTRY  # noqa: E402
 
-STRATEGIES = {name: REGISTRY[name] for name in ("naive", "replay-10", "replay-20", "cumulative", "joint", "ewc",
-                                               "lwf", "merge-avg", "merge-ties", "merge-dare")}
+STRATEGIES = {name: e.target for name, e in REGISTRY.items() if e.kind == "trained"}
 
 
 def factory(name: str):
