@@ -252,13 +252,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard.board import build_leaderboard, to_markdown
+    from .leaderboard.board import build_leaderboard, to_csv, to_latex, to_markdown
     from .fileio import atomic_write_text
     board = build_leaderboard(args.results_dir, args.sort_by, args.data or default_data_dir())
     atomic_write_text(args.out, board.model_dump_json(indent=2) + "\n")
     md = args.markdown or args.out.with_suffix(".md")
     atomic_write_text(md, to_markdown(board))
-    print(f"{len(board.entries)} routers ranked by {args.sort_by}: {args.out}, {md}")
+    written = [args.out, md]
+    for path, render in ((args.csv, to_csv), (args.latex, to_latex)):
+        if path is not None:
+            atomic_write_text(path, render(board))
+            written.append(path)
+    print(f"{len(board.entries)} routers ranked by {args.sort_by}: {', '.join(map(str, written))}")
     return 0
 
 
@@ -374,11 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_options(p)
     p.set_defaults(func=cmd_mock_run)
 
-    p = sub.add_parser("mock-data", help="write the synthetic hub used by tests and mock-run")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--experiences", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("mock-data", help="write the synthetic hub used by tests and mock-run",
+                       description="Write a small synthetic CMRBench folder (made-up models, cards and prompts with "
+                                   "the real schema and manifest) for developing a router without the real build.",
+                       epilog="example: cmrbench mock-data --out /tmp/hub && cmrbench evaluate --data /tmp/hub "
+                              "--router bm25")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (refused if it holds anything else)")
+    p.add_argument("--experiences", type=int, default=3, help="number of experiences (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated hub (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a CMRBench folder")
     p.set_defaults(func=cmd_mock_data)
 
     p = sub.add_parser("reproduce", help="rerun baselines and check their expected scores",
@@ -449,11 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Confidence intervals and p-values of the difference in per-prompt top-1 "
                                    "correctness (model, family, domain) after the last finished experience, and "
                                    "how alike the two rankings are (same first model, top-10 overlap).")
-    p.add_argument("a", type=Path)
-    p.add_argument("b", type=Path)
+    p.add_argument("a", type=Path, help="results JSON of the first router")
+    p.add_argument("b", type=Path, help="results JSON of the second router (same build, same point of the stream)")
     _data_arg(p)
-    p.add_argument("--resamples", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10,000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("leaderboard", help="validate, merge seeds and rank a folder of results files",
@@ -464,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir", type=Path, help="folder of results files (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="leaderboard JSON to write")
     p.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table (default: OUT with .md)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV (mean and std columns)")
+    p.add_argument("--latex", type=Path, default=None, help="also write the table as a LaTeX booktabs tabular")
     p.add_argument("--sort-by", default="domain.final_average_accuracy",
                    help="LEVEL.METRIC to rank by, in the metric's better direction (forgetting: lowest first); "
                         "default domain.final_average_accuracy")

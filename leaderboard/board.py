@@ -144,23 +144,33 @@ def build_leaderboard(results_dir: Path, sort_by: str = "domain.final_average_ac
                        references=sorted((e for e in entries if e.reference_row), key=key))
 
 
-def _pct(stat: Stat) -> str:
+COLUMNS = [("M-Acc", "model", "final_average_accuracy"), ("F-Acc", "family", "final_average_accuracy"),
+           ("D-Acc", "domain", "final_average_accuracy"), ("D-FGT", "domain", "forgetting"),
+           ("D-BWT", "domain", "backward_transfer")]
+
+
+def _pct(stat: Stat, pm: str = " ± ") -> str:
     if stat.mean is None:
         return "–"
-    return f"{100 * stat.mean:.1f}" + (f" ± {100 * stat.std:.1f}" if stat.n > 1 else "")
+    return f"{100 * stat.mean:.1f}" + (f"{pm}{100 * stat.std:.1f}" if stat.n > 1 else "")
+
+
+def _kind(e: Entry) -> str:
+    return "reference" if e.reference_row else ("zero-shot" if e.zero_shot else "trained")
+
+
+def _ranked(board: Leaderboard) -> list[tuple[str, Entry]]:
+    return [(str(i), e) for i, e in enumerate(board.entries, start=1)] + [("–", e) for e in board.references]
 
 
 def _row(e: Entry, rank: str) -> str:
-    kind = "reference" if e.reference_row else ("zero-shot" if e.zero_shot else "trained")
-    s = e.scores
-    return (f"| {rank} | {e.router} | {kind} | {_pct(s['model']['final_average_accuracy'])} | "
-            f"{_pct(s['family']['final_average_accuracy'])} | {_pct(s['domain']['final_average_accuracy'])} | "
-            f"{_pct(s['domain']['forgetting'])} | {_pct(s['domain']['backward_transfer'])} | "
-            f"{e.learn_seconds_total.mean:.1f} | {len(e.seeds)} |")
+    cells = [rank, e.router, _kind(e), *(_pct(e.scores[lv][f]) for _, lv, f in COLUMNS),
+             f"{e.learn_seconds_total.mean:.1f}", str(len(e.seeds))]
+    return "| " + " | ".join(cells) + " |"
 
 
 def to_markdown(board: Leaderboard) -> str:
-    head = ("| # | router | type | M-Acc | F-Acc | D-Acc | D-FGT | D-BWT | learn s | seeds |\n"
+    head = ("| # | router | type | " + " | ".join(c for c, _, _ in COLUMNS) + " | learn s | seeds |\n"
             "|---|---|---|---|---|---|---|---|---|---|")
     rows = [_row(e, str(i)) for i, e in enumerate(board.entries, start=1)]
     text = (f"Leaderboard on {board.dataset} (accuracy after the last experience, %; mean ± std over seeds; "
@@ -169,6 +179,55 @@ def to_markdown(board: Leaderboard) -> str:
         text += ("\nReference rows (not ranked: they read the answer key or only bracket the scale)\n\n" + head + "\n"
                  + "\n".join(_row(e, "–") for e in board.references) + "\n")
     return text
+
+
+def to_csv(board: Leaderboard) -> str:
+    """One row per router (references last, rank '-'): mean and std (percent) of each column, for spreadsheets."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["rank", "router", "type", *(f"{c} {part}" for c, _, _ in COLUMNS for part in ("mean", "std")),
+                     "learn_seconds", "seeds"])
+    for rank, e in _ranked(board):
+        values = []
+        for _, lv, f in COLUMNS:
+            stat = e.scores[lv][f]
+            values += ["" if stat.mean is None else f"{100 * stat.mean:.2f}",
+                       "" if stat.std is None or stat.n < 2 else f"{100 * stat.std:.2f}"]
+        writer.writerow([rank if rank != "–" else "-", e.router, _kind(e), *values,
+                         f"{e.learn_seconds_total.mean:.1f}", len(e.seeds)])
+    return buffer.getvalue()
+
+
+def to_latex(board: Leaderboard) -> str:
+    """A booktabs table for papers: ranked routers, a rule, then the reference rows; the best ranked value of each
+    column in bold (lowest for forgetting)."""
+    def escape(text: str) -> str:
+        return "".join("\\" + ch if ch in "&%$#_{}" else ch for ch in text)
+
+    best = {}
+    for column, lv, f in COLUMNS:
+        means = [e.scores[lv][f].mean for e in board.entries if e.scores[lv][f].mean is not None]
+        if means:
+            best[column] = min(means) if f in ("forgetting", "max_forgetting") else max(means)
+    lines = [f"% {board.dataset}: accuracy after the last experience (%), mean $\\pm$ std over seeds",
+             "\\begin{tabular}{rll" + "r" * len(COLUMNS) + "r}", "\\toprule",
+             "\\# & router & type & " + " & ".join(c for c, _, _ in COLUMNS) + " & seeds \\\\", "\\midrule"]
+    for rank, e in _ranked(board):
+        if rank == "–" and board.entries and e is board.references[0]:
+            lines.append("\\midrule")
+        cells = []
+        for column, lv, f in COLUMNS:
+            stat = e.scores[lv][f]
+            text = _pct(stat, " $\\pm$ ")
+            bold = rank != "–" and stat.mean is not None and stat.mean == best.get(column)
+            cells.append(f"\\textbf{{{text}}}" if bold else text)
+        lines.append(f"{rank if rank != '–' else '--'} & {escape(e.router)} & {_kind(e)} & " + " & ".join(cells)
+                     + f" & {len(e.seeds)} \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
 
 
 def leaderboard_json_schema() -> str:

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmrbench.leaderboard.board import SUMMARY_FIELDS, Entry, Leaderboard, Stat, build_leaderboard, stat
+from cmrbench.leaderboard.board import (SUMMARY_FIELDS, Entry, Leaderboard, Stat, build_leaderboard, stat, to_csv,
+                                      to_latex)
 from cmrbench.metrics import mean_std
 from cmrbench.fileio import atomic_write_text
 from cmrbench.results import LEVELS, Results, load_results
@@ -590,6 +591,8 @@ def render_html(board: Leaderboard, views: list[RouterView], references: dict, n
   <p class="meta">dataset <b id="dataset">{_e(board.dataset)}</b> · manifest <code title="{_e(board.manifest_sha256)}">{_e(board.manifest_sha256[:12])}</code>
   · cmrbench {_e(board.cmrbench_version)} · leaderboard schema {_e(board.schema_version)}
   · {len(views)} routers from {n_files} results files · ranked by <code>{_e(board.sort_by)}</code></p>
+  <p class="meta">download the table: <a href="leaderboard.json" download>JSON</a> ·
+  <a href="leaderboard.csv" download>CSV</a> · <a href="leaderboard.tex" download>LaTeX</a></p>
   {notes_html}
 </header>
 <main>
@@ -619,7 +622,8 @@ def render_html(board: Leaderboard, views: list[RouterView], references: dict, n
 
 def render_site(results_dir: Path, out_dir: Path, sort_by: str = "domain.final_average_accuracy",
                 board: Leaderboard | None = None, data: Path | None = None) -> Path:
-    """Write ``out_dir/index.html`` (the page) and ``out_dir/leaderboard.json``; return the page's path.
+    """Write ``out_dir/index.html`` (the page) and the table it links to (``leaderboard.json``, ``.csv``, ``.tex``);
+    return the page's path.
 
     Args:
         results_dir: folder of results files, as for :func:`build_leaderboard`.
@@ -634,4 +638,6 @@ def render_site(results_dir: Path, out_dir: Path, sort_by: str = "domain.final_a
     page = out_dir / "index.html"
     atomic_write_text(page, render_html(board, views, references, notes))
     atomic_write_text(out_dir / "leaderboard.json", board.model_dump_json(indent=2) + "\n")
+    atomic_write_text(out_dir / "leaderboard.csv", to_csv(board))
+    atomic_write_text(out_dir / "leaderboard.tex", to_latex(board))
     return page

@@ -125,6 +125,14 @@ def test_historic_results_render_as_a_page(synthetic_hub, tmp_path):
     assert [r["router"] for r in data["routers"]] == ["oracle", "most-frequent", "random"]
     assert set(data["reference_rows"]) == {"random", "most-frequent", "oracle", "domain-oracle"}
     assert json.loads((tmp_path / "site" / "leaderboard.json").read_text())["schema_version"] == LEADERBOARD_SCHEMA_VERSION
+    # the page links the table as CSV and LaTeX, written beside it
+    import csv
+    rows = list(csv.DictReader((tmp_path / "site" / "leaderboard.csv").read_text().splitlines()))
+    assert [r["router"] for r in rows] == ["oracle", "most-frequent", "random"] and rows[0]["rank"] == "-"
+    assert float(rows[0]["D-Acc mean"]) == pytest.approx(100.0)
+    tex = (tmp_path / "site" / "leaderboard.tex").read_text()
+    assert tex.count("\\toprule") == 1 and "most-frequent & reference" in tex and tex.rstrip().endswith("\\end{tabular}")
+    assert 'href="leaderboard.csv"' in text and 'href="leaderboard.tex"' in text
 
 
 # ------------------------------------------------------------------------------------- static page
