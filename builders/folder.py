@@ -1,5 +1,5 @@
 """Write an assembled CMRBench as a Hub-ready folder: Parquet per config/split, README.md dataset card
-with ``configs:``, ``manifest.json`` and ``quarantine.jsonl``.
+with ``configs:``, ``LICENSE.md`` (the sources' licenses), ``manifest.json`` and ``quarantine.jsonl``.
 
 The folder is written into a temporary sibling and renamed into place, so an interrupted build never
 leaves a half-written dataset, and two builds from the same sources are byte-identical.
@@ -21,7 +21,7 @@ from cmrbench.manifest import Manifest
 from cmrbench.sources import SOURCES, SourceResolver
 
 from .assemble import SPLITS, STREAMS, Assembled, add_extra_hubs, assemble_paper, reslice_timeline
-from .card import render_card
+from .card import render_card, render_license
 from .records import Quarantine
 
 BUILDER_VERSION = "1.0.0"
@@ -62,7 +62,7 @@ def statistics(data: Assembled) -> list[dict[str, object]]:
     return out
 
 
-OWN_FILES = (MANIFEST, "README.md", "quarantine.jsonl")
+OWN_FILES = (MANIFEST, "README.md", "LICENSE.md", "quarantine.jsonl")
 
 
 class NotOurFolderError(FileExistsError):
@@ -139,6 +139,7 @@ def write_folder(data: Assembled, source_sha256: dict[str, str], quarantine: Qua
         Manifest.model_validate(manifest)          # the dataset contract, checked before it reaches disk
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(render_card(manifest, config_files(data)), encoding="utf-8")
+        (tmp / "LICENSE.md").write_text(render_license(manifest), encoding="utf-8")
         if out.exists():
             check_replaceable(out, overwrite)    # again: the folder may have changed while we built
             shutil.rmtree(out)

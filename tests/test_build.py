@@ -71,6 +71,17 @@ def test_loaders_read_the_folder_offline(real_build):
     assert pl.read_parquet(real_build / "cards/cards.parquet").height == 2421
     card = (real_build / "README.md").read_text()
     assert card.startswith("---\n") and "config_name: experience_4" in card and "## Citation" in card
+    # the default config is the whole stream, never experience 1 alone
+    stream = datasets.load_dataset(str(real_build))
+    assert stream["test"].num_rows == 3693 and set(stream["test"]["experience"]) == {1, 2, 3, 4}
+    # the card is one the Hub accepts: metadata fields it expects with license "other", sources cited
+    from huggingface_hub import DatasetCard
+    hub_card = DatasetCard.load(real_build / "README.md")
+    meta = hub_card.data.to_dict()
+    assert meta["license"] == "other" and meta["license_link"] == "LICENSE.md" and (real_build / "LICENSE.md").is_file()
+    assert meta["size_categories"] == ["10K<n<100K"] and len(meta["source_datasets"]) == 3
+    assert "https://arxiv.org/abs/2605.28577" in hub_card.text
+    assert "@article{patil2023gorilla" in hub_card.text and "@article{wang2024mllmtool" in hub_card.text
 
 
 def test_manifest_lists_checksums_and_gaps(real_build):
