@@ -95,6 +95,7 @@ def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, a
 
 def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:
     from .harness import RunPaths, evaluate
+    from .loggers import make_logger
     from .results import load_results
     if args.run_name:
         router.meta = router.meta.model_copy(update={"name": args.run_name})
@@ -110,7 +111,8 @@ def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, k
                        timeout=None if isolated else args.timeout,
                        learn_timeout=None if isolated else args.learn_timeout,       # the worker enforces them
                        resume=args.resume, on_unknown_id=args.on_unknown_id, progress=not args.no_progress,
-                       command=["cmrbench", *args.argv], router_spec=router_spec)
+                       command=["cmrbench", *args.argv], router_spec=router_spec,
+                       loggers=[make_logger(spec) for spec in args.log or []])
     s = results.summary
     print(f"{results.router.name} on {bench.name} (seed {args.seed}), after {results.finished_experiences} "
           f"experiences: M {100 * s['model'].final_average_accuracy:.1f} / F "
@@ -141,6 +143,9 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
                    help="the name results and leaderboards give this run (default: the router's own name); give "
                         "each configuration of one router its own, e.g. dense-mpnet")
     p.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy, torch and the router (default 0)")
+    p.add_argument("--log", action="append", metavar="KIND:TARGET",
+                   help="report each experience's metrics to csv:FILE, tensorboard:DIR, wandb:PROJECT or "
+                        "trackio:PROJECT (repeatable; the last three need the 'loggers' extra)")
     p.add_argument("--top-k", type=_positive(int), default=10, help="predictions stored per prompt (default 10)")
     p.add_argument("--batch-size", type=_positive(int), default=64, help="prompts per route() call (default 64)")
     p.add_argument("--timeout", type=_positive(float), default=None,

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -29,6 +29,7 @@ from . import metrics as M
 from .data import Benchmark
 from .fileio import atomic_write
 from .isolation import IsolatedRouter
+from .loggers import Logger
 from .protocol import CheckpointableRouter, Router
 from .results import DatasetRef, Results, RunRecord, Timings, hardware, load_results, run_record, save_results
 from .scoring import PREDICTION_SCHEMA, derived_fields
@@ -158,10 +159,12 @@ class RunPaths:
 def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed: int = 0, top_k: int = 10,
              batch_size: int = 64, timeout: float | None = None, learn_timeout: float | None = None,
              resume: bool = False, on_unknown_id: str = "error", progress: bool = True,
-             command: list[str] | None = None, router_spec: str | None = None) -> Results:
+             command: list[str] | None = None, router_spec: str | None = None,
+             loggers: Sequence[Logger] = ()) -> Results:
     """Run the protocol for ``router`` on ``benchmark``; write results JSON + predictions into ``out_dir``.
 
     ``command`` and ``router_spec`` (the command line and the ``--router`` given) go into the run record.
+    ``loggers`` (:mod:`cmrbench.loggers`) are called after every finished experience and closed at the end.
 
     ``timeout`` bounds each ``route`` call and ``learn_timeout`` each ``learn`` call (seconds; a late call stops
     the run with an error; the late call itself cannot be interrupted in this process, see ``--isolate``).
@@ -254,6 +257,15 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
         results = build_results(router, benchmark, predictions, t, seed, top_k, learn_s, route_s,
                                 call_seconds, call_sizes, paths, run_record(started_at, command, router_spec))
         save_results(results, paths.results)
+        for logger in loggers:
+            logger.log_experience(t, results)
+        if progress:
+            d = results.summary["domain"]
+            tqdm.write(f"{name}: experience {t}/{T} learnt in {learn_s[-1]:.0f} s; D-Acc average "
+                       f"{100 * d.final_average_accuracy:.1f}"
+                       + (f", D forgetting {100 * d.forgetting:.1f}" if d.forgetting is not None else ""))
+    for logger in loggers:
+        logger.close()
     return load_results(paths.results) if start == T else results
 
 
