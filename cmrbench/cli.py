@@ -78,19 +78,21 @@ def cmd_sources(args: argparse.Namespace) -> int:
 def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, args: argparse.Namespace,
               keep: bool = True) -> int:
     from .data import Benchmark
+    from .progress import switched
     from .registry import load_router, parse_router_args
     bench = Benchmark(data, eval_split=args.eval_split)
-    if args.isolate:
-        from .isolation import isolate
-        router = isolate(router_spec, parse_router_args(router_args), seed=args.seed, timeout=args.timeout,
-                         learn_timeout=args.learn_timeout)
-    else:
-        router = load_router(router_spec, parse_router_args(router_args), seed=args.seed)
-    try:
-        return _run(router, router_spec, bench, out, args, keep)
-    finally:
+    with switched(not args.no_progress):       # before the router is built: an --isolate worker inherits it
         if args.isolate:
-            router.close()
+            from .isolation import isolate
+            router = isolate(router_spec, parse_router_args(router_args), seed=args.seed, timeout=args.timeout,
+                             learn_timeout=args.learn_timeout)
+        else:
+            router = load_router(router_spec, parse_router_args(router_args), seed=args.seed)
+        try:
+            return _run(router, router_spec, bench, out, args, keep)
+        finally:
+            if args.isolate:
+                router.close()
 
 
 def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:

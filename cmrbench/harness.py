@@ -8,6 +8,7 @@ naming the router, the experience and the prompt index, and everything finished 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -30,6 +31,7 @@ from .data import Benchmark
 from .fileio import atomic_write
 from .isolation import IsolatedRouter
 from .loggers import Logger
+from .progress import switched as progress_switched
 from .protocol import CheckpointableRouter, Router
 from .results import DatasetRef, Results, RunRecord, Timings, hardware, load_results, run_record, save_results
 from .scoring import PREDICTION_SCHEMA, derived_fields
@@ -156,6 +158,16 @@ class RunPaths:
         return cls(out_dir / f"{stem}.json", out_dir / f"{stem}.predictions.parquet", out_dir / f"{stem}.checkpoints")
 
 
+def _switching_progress(run: Callable[..., Results]) -> Callable[..., Results]:
+    """Routers' own bars (:mod:`cmrbench.progress`) follow the run's ``progress`` argument while it lasts."""
+    @functools.wraps(run)
+    def wrapper(*args: Any, progress: bool = True, **kwargs: Any) -> Results:
+        with progress_switched(progress):
+            return run(*args, progress=progress, **kwargs)
+    return wrapper
+
+
+@_switching_progress
 def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed: int = 0, top_k: int = 10,
              batch_size: int = 64, timeout: float | None = None, learn_timeout: float | None = None,
              resume: bool = False, on_unknown_id: str = "error", progress: bool = True,

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cmrbench import progress
+
 from .base import CardRetriever
 from .encoders import VectorIndex, cached_encode, make_cache, model_identity, resolve_device
 
@@ -63,7 +65,7 @@ class DenseEncoder:
         def compute(batch: list[str]) -> np.ndarray:
             encode = self.model.encode_query if side == "query" else self.model.encode_document
             return np.asarray(encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+                                     convert_to_numpy=True, show_progress_bar=progress.enabled() and len(batch) > 1000), dtype=np.float32)
 
         return cached_encode(self.cache, self.identity(side) if self.cache else {}, texts, compute)
 

@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from cmrbench import progress
+
 from .base import CardRetriever
 from .encoders import cached_encode, make_cache, model_identity, resolve_device
 
@@ -102,7 +104,7 @@ class SpladeRouter(CardRetriever):
         def compute(batch: list[str]) -> sp.csr_matrix:
             model = self._model(side)
             encode = model.encode_query if side == "query" else model.encode_document
-            out = encode(batch, batch_size=self.batch_size, show_progress_bar=False, convert_to_tensor=True,
+            out = encode(batch, batch_size=self.batch_size, show_progress_bar=progress.enabled() and len(batch) > 1000, convert_to_tensor=True,
                          convert_to_sparse_tensor=True, max_active_dims=self.max_active_dims)
             return torch_to_csr(out)
 

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmrbench import progress
+
 from .backbone import TextBackbone
 from .registry import ModelRegistry
 
@@ -381,7 +383,9 @@ class Trainer:
         total = sum(len(p) for p in plan)
         step = 0
         net.train()
+        shown = progress.bar(total, desc="learning", unit="step")
         for epoch, epoch_batches in enumerate(plan):
+            shown.set_description(f"learning, epoch {epoch + 1}/{epochs}")
             sums: dict[str, float] = {}
             for rows in epoch_batches:
                 for cb in callbacks:
@@ -416,9 +420,12 @@ class Trainer:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v
                 step += 1
+                shown.update(1)
             stats.losses = {k: v / max(1, len(epoch_batches)) for k, v in sums.items()}
+            shown.set_postfix({k: f"{v:.3f}" for k, v in stats.losses.items()})
             if log:
                 log(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in stats.losses.items()))
+        shown.close()
         for group, params in self.groups.items():
             if params:
                 self.set_trainable(group, True)
