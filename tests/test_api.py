@@ -8,26 +8,19 @@ import pytest
 
 import cmrbench
 from cmrbench.cli import main
+from toy_routers import OverlapRouter
 
 
-class KeywordRouter:
-    """A router a user writes in a notebook: the model whose training prompts share most words."""
+class KeywordRouter(OverlapRouter):
+    """A router a user writes in a notebook: the README's overlap router, learning from training prompts."""
 
     def __init__(self):
+        super().__init__()
         self.meta = cmrbench.RouterMeta(name="keywords", zero_shot=False)
-        self.words: dict[str, set[str]] = {}
 
     def learn(self, experience):
         for prompt, model in experience.train.select("prompt", "model_id").rows():
             self.words.setdefault(model, set()).update(prompt.lower().split())
-
-    def route(self, prompts, top_k):
-        out = []
-        for p in prompts:
-            q = set(p.lower().split())
-            ranked = sorted(self.words, key=lambda m: (-len(q & self.words[m]), m))[:top_k]
-            out.append([(m, float(len(q & self.words[m]))) for m in ranked])
-        return out
 
 
 def test_notebook_workflow(synthetic_hub, tmp_path):

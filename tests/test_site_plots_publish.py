@@ -41,33 +41,13 @@ from cmrbench.leaderboard.publish import PublishError, plan_upload
 from cmrbench.leaderboard.site import render_site
 from cmrbench.protocol import RouterMeta
 from cmrbench.results import load_results
+from toy_routers import OverlapRouter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "results"
 HISTORIC = sorted(FIXTURES.rglob("*.json"))
 
 
-# ------------------------------------------------------------------------------- two small routers
-
-class OverlapRouter:
-    """README's zero-shot example: word overlap between the prompt and the model card's description."""
-
-    def __init__(self, seed: int = 0):
-        self.meta = RouterMeta(name="overlap", version="1", zero_shot=True, description="word overlap with cards")
-        self.words: dict[str, set[str]] = {}
-
-    def learn(self, experience):
-        for model_id, card in experience.cards.select("model_id", "card").rows():
-            desc = json.loads(card).get("description") or ""
-            self.words.setdefault(model_id, set()).update(desc.lower().split())
-
-    def route(self, prompts, top_k):
-        out = []
-        for p in prompts:
-            q = set(p.lower().split())
-            top = sorted(self.words, key=lambda m: (-len(q & self.words[m]), m))[:top_k]
-            out.append([(m, float(len(q & self.words[m]))) for m in top])
-        return out
-
+# ------------------------------------------------------------------------------- a small router
 
 class MemoRouter:
     """A trained router: counts which model each word of the training prompts points to."""
