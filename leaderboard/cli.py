@@ -17,7 +17,7 @@ from pathlib import Path
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_results
     files = plot_results(args.results, args.out, fmt=args.format, metric=args.metric, dpi=args.dpi,
-                         compare=False if args.no_compare else None)
+                         compare=False if args.no_compare else None, references=args.references)
     print(f"{len(files)} figures ({args.format}) written to {args.out}")
     return 0
 
@@ -54,6 +54,8 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="matrix metric to draw (default acc@1)")
     p.add_argument("--dpi", type=int, default=150, help="resolution of PNG files (default 150)")
     p.add_argument("--no-compare", action="store_true", help="no comparison figures, even for several files")
+    p.add_argument("--references", action="store_true",
+                   help="keep reference rows (oracles, random, most-frequent) in the comparison figures")
     p.set_defaults(func=cmd_plot)
     return p
 

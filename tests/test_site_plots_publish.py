@@ -404,11 +404,15 @@ def test_plots_render_every_figure(tmp_path, capsys):
     # two seeds of one router and another router: per-file figures, then comparisons with mean ± std
     files = [FIXTURES / "schema-1.0" / f"{n}__CMRBench-v1-synthetic__seed{s}.json"
              for n, s in (("random", 0), ("random", 1), ("oracle", 0))]
-    written = plots.plot_results(files, tmp_path / "png", fmt="png", dpi=80)
+    written = plots.plot_results(files, tmp_path / "png", fmt="png", dpi=80, references=True)
     expected = {f"{p.name[:-5]}__{kind}.png" for p in files
                 for kind in ("heatmap_model", "heatmap_family", "heatmap_domain", "heatmaps", "accuracy", "forgetting")}
     expected |= {"comparison__final_accuracy.png", "comparison__accuracy.png"}
     assert {p.name for p in written} == expected
+    # by default reference rows stay out of comparisons: here nothing is left to compare
+    assert not [p for p in plots.plot_results(files, tmp_path / "refs", dpi=80) if p.name.startswith("comparison")]
+    import numpy as np
+    assert plots._scale_top(np.array([[0.12, np.nan], [0.08, 0.19]])) == pytest.approx(0.2)   # not 0-100
     for p in written:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 8_000, p.name
