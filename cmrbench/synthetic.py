@@ -3,6 +3,11 @@
 Every model has a few "signature" words that appear in its card and in its prompts, and every domain
 has its own vocabulary, so that a working router scores well above chance and a broken one does not.
 Models recur across experiences and families group name variants, as in the real hub.
+
+``hard=True`` (what ``cmrbench mock-run`` uses) makes card overlap a weak cue, as on the real hub: most prompt
+words are a model's "usage" words, which only its training prompts show (never its card), and a prompt
+often borrows a card word of another model of its domain. Word overlap with the cards then stays well below
+what a router that learns from the training prompts reaches.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ def _word(rng: np.random.Generator, n: int = 3) -> str:
 
 def make_synthetic_hub(out: str | Path, *, n_experiences: int = 3, models_per_experience: int = 8,
                        prompts_per_model: int = 6, recurring: int = 2, seed: int = 0,
-                       overwrite: bool = False) -> Path:
-    """Write a synthetic CMRBench folder to ``out`` and return its path."""
+                       overwrite: bool = False, hard: bool = False) -> Path:
+    """Write a synthetic CMRBench folder to ``out`` and return its path (``hard``: see the module docstring)."""
     rng = np.random.default_rng(seed)
     domain_words = {d: [_word(rng) for _ in range(4)] for d in DOMAINS}
     experiences: dict[int, pl.DataFrame] = {}
@@ -44,6 +49,8 @@ def make_synthetic_hub(out: str | Path, *, n_experiences: int = 3, models_per_ex
             model = {"model_id": f"org{t}/{family}-{['base', 'large', 'v2'][i % 3]}-{t}{i}", "family": family,
                      "domain": DOMAINS[int(rng.integers(len(DOMAINS)))], "words": [_word(rng) for _ in range(3)],
                      "created_at": 1_600_000_000_000 + t * 10_000_000_000 + i}
+            if hard:
+                model["usage"] = [_word(rng) for _ in range(3)]
             new.append(model)
             card_no += 1
             card = {"api_name": model["model_id"], "model_name": model["model_id"], "domain": model["domain"],
@@ -54,9 +61,17 @@ def make_synthetic_hub(out: str | Path, *, n_experiences: int = 3, models_per_ex
             if seen else []
         rows = []
         for model in new + again:
+            neighbours = [m for m in new + seen if m["domain"] == model["domain"] and m is not model]
             for k in range(prompts_per_model):
-                words = list(rng.choice(model["words"], size=2)) + list(rng.choice(domain_words[model["domain"]],
-                                                                                   size=2))
+                if hard:
+                    words = [str(rng.choice(model["words"]))] if rng.random() < 0.3 else []
+                    words += list(rng.choice(model["usage"], size=3 - len(words)))
+                    if neighbours and rng.random() < 0.6:
+                        words.append(str(rng.choice(neighbours[int(rng.integers(len(neighbours)))]["words"])))
+                    words += list(rng.choice(domain_words[model["domain"]], size=2))
+                else:
+                    words = list(rng.choice(model["words"], size=2)) + list(rng.choice(domain_words[model["domain"]],
+                                                                                       size=2))
                 text = f"please {' '.join(words)} request {t}-{k} {_word(rng, 2)}"
                 rows.append({"prompt_id": prompt_id(t, text, model["model_id"]), "prompt": text,
                              "model_id": model["model_id"], "family": model["family"],
@@ -71,6 +86,7 @@ def make_synthetic_hub(out: str | Path, *, n_experiences: int = 3, models_per_ex
         seen.extend(new)
     card_frame = pl.DataFrame(cards, schema={"card_id": pl.String, "model_id": pl.String, "experience": pl.Int8,
                                              "domain": pl.String, "card": pl.String})
-    data = Assembled(experiences, models_table(experiences, card_frame), card_frame, "synthetic", seed)
+    data = Assembled(experiences, models_table(experiences, card_frame), card_frame,
+                     "synthetic-hard" if hard else "synthetic", seed)
     write_folder(data, {}, Quarantine(), Path(out), overwrite=overwrite)
     return Path(out)

@@ -136,3 +136,14 @@ def test_routers_are_listed_with_metadata_and_other_packages_can_add_some(monkey
     assert capsys.readouterr().out.split() == ["toy"]
     assert main(["routers"]) == 0
     assert "lucene" in capsys.readouterr().out
+
+
+def test_mock_run_hub_separates_learning_routers_from_card_overlap(tmp_path):
+    import cmrbench
+    from cmrbench.synthetic import make_synthetic_hub
+    from test_api import KeywordRouter
+    from toy_routers import OverlapRouter
+    hub = make_synthetic_hub(tmp_path / "hard", hard=True)
+    overlap = cmrbench.evaluate(OverlapRouter(), hub, progress=False).summary["model"].final_average_accuracy
+    learner = cmrbench.evaluate(KeywordRouter(), hub, progress=False).summary["model"].final_average_accuracy
+    assert overlap < 0.4 and learner > 0.8
