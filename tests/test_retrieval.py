@@ -274,6 +274,42 @@ def test_vector_index_faiss_equals_exact():
     np.testing.assert_allclose(v1, v2, rtol=1e-5, atol=1e-5)
 
 
+def test_approximate_indexes_recall_exact_search():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(50, 64))                       # clustered, as embeddings of a hub are
+    docs = (centres[rng.integers(50, size=12_000)] + 0.5 * rng.normal(size=(12_000, 64))).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = docs[rng.choice(12_000, 40, replace=False)] + 0.1 * rng.normal(size=(40, 64)).astype(np.float32)
+    _, truth = VectorIndex(docs, kind="exact").search(queries, 10)
+    for kind in ("flat", "hnsw", "ivfpq"):
+        index = VectorIndex(docs, kind=kind, exact_below=0)
+        assert index.kind_used == kind
+        _, found = index.search(queries, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found)])
+        assert recall >= (1.0 if kind == "flat" else 0.95), (kind, recall)
+    assert VectorIndex(docs[:500], kind="hnsw").kind_used == "exact"                 # below the threshold
+    assert VectorIndex(docs[:500], kind="ivfpq", exact_below=0).kind_used == "flat"  # too few to train codes
+    with pytest.raises(ValueError, match="index must be one of"):
+        VectorIndex(docs, kind="annoy")
+
+
+def test_vector_routers_through_an_index_route_as_exact_search_here(bench):
+    from cmrbench.baselines.frozen.ncm import NCMRouter
+    from cmrbench.baselines.retrieval.dense import DenseRouter
+    exp = bench.train_stream[0]
+    prompts = bench.test_set(1)["prompt"].to_list()
+    exact, hnsw = NCMRouter(cache_dir=False), NCMRouter(cache_dir=False, index="hnsw", faiss_threshold=0)
+    for router in (exact, hnsw):
+        router.learn(exp)
+    assert [r[0][0] for r in hnsw.route(prompts, 5)] == [r[0][0] for r in exact.route(prompts, 5)]
+    assert hnsw.meta.parameters["index"] == "hnsw" and "index" not in exact.meta.parameters
+    dense, approx = DenseRouter(cache_dir=False), DenseRouter(cache_dir=False, index="hnsw", faiss_threshold=0)
+    for router in (dense, approx):
+        router.learn(exp)
+    assert approx.vectors.kind_used == "hnsw"
+    assert [r[0][0] for r in approx.route(prompts, 5)] == [r[0][0] for r in dense.route(prompts, 5)]
+
+
 # ------------------------------------------------------------------------------------ neural routers
 
 def test_dense_router(bench, tmp_path):

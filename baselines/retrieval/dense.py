@@ -76,17 +76,21 @@ class DenseRouter(CardRetriever):
     ``model``: a store name (``minilm``, ``mpnet``), Hub name or local folder (default: the offline MiniLM;
     the paper: ``all-mpnet-base-v2``, offline after ``cmrbench models fetch all-mpnet-base-v2``).
     ``cache_dir``: embedding cache folder (``None``: ``$CMRBENCH_CACHE`` or the user cache; ``False``: off).
-    ``faiss_threshold``: above this many cards, search with a FAISS ``IndexFlatIP`` instead of a matrix product.
+    ``faiss_threshold``: above this many cards, search with the FAISS ``index`` (``flat``: exact ``IndexFlatIP``;
+    ``hnsw`` or ``ivfpq``: approximate, for hub-sized registries; see :class:`~.encoders.VectorIndex`) instead of
+    a matrix product.
     """
 
     def __init__(self, model: str | None = None, batch_size: int = 64, cache_dir: str | Path | bool | None = None,
                  oracle_domain: bool = False, template: str = "json", faiss_threshold: int = 50_000,
-                 device: str | None = None, revision: str | None = None):
+                 index: str = "flat", device: str | None = None, revision: str | None = None):
         self.encoder = DenseEncoder(model, batch_size, cache_dir, device, revision)
         self.faiss_threshold = int(faiss_threshold)
+        self.index_kind = index
         self._setup("dense", oracle_domain=oracle_domain, template=template,
                     parameters={"model": self.encoder.label, "revision": revision, "similarity": "cosine",
-                                "batch_size": self.encoder.batch_size, "faiss_threshold": self.faiss_threshold},
+                                "batch_size": self.encoder.batch_size, "faiss_threshold": self.faiss_threshold,
+                                "index": index},
                     description="zero-shot dense retrieval (sentence-transformers bi-encoder, cosine) over the "
                                 "model cards seen so far; a model scores its best card.")
         self.vectors: VectorIndex | None = None
@@ -95,7 +99,7 @@ class DenseRouter(CardRetriever):
         return self.encoder.embed(texts, side)
 
     def index(self, texts: list[str]) -> None:
-        self.vectors = VectorIndex(self.embed(texts, "document"), self.faiss_threshold)
+        self.vectors = VectorIndex(self.embed(texts, "document"), self.faiss_threshold, self.index_kind)
         self.uses_search = self.vectors.uses_faiss
 
     def score(self, queries: Sequence[str], candidates: np.ndarray | None = None) -> np.ndarray:

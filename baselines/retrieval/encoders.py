@@ -25,7 +25,8 @@ is the same vector.
 Search
 ------
 :class:`VectorIndex` scores queries against the card vectors by a matrix product (exact), or with a
-FAISS ``IndexFlatIP`` (also exact, inner product) when the pool is larger than ``faiss_threshold``.
+FAISS index (exact ``IndexFlatIP``, or approximate HNSW / IVF-PQ with ``index=``) when the pool is larger than
+``faiss_threshold``.
 """
 
 from __future__ import annotations
@@ -247,18 +248,50 @@ def cached_encode_multi(cache: EmbeddingCache | None, identities: dict[str, dict
 
 # ------------------------------------------------------------------------------------------ search
 
-class VectorIndex:
-    """Inner-product search over dense vectors: exact matrix product, or FAISS ``IndexFlatIP`` above a size."""
+INDEX_KINDS = ("exact", "flat", "hnsw", "ivfpq")
 
-    def __init__(self, vectors: np.ndarray, faiss_threshold: int = 50_000):
+
+class VectorIndex:
+    """Inner-product search over dense vectors, exact or through FAISS (``faiss-cpu``).
+
+    ``kind``: ``exact`` (a matrix product), ``flat`` (FAISS ``IndexFlatIP``: exact, for large pools), ``hnsw``
+    (``IndexHNSWFlat``, M 32, efSearch max(128, 2n): approximate, fast), ``ivfpq`` (``IndexIVFPQ``: 8-bit codes of
+    d/8 sub-vectors, 4 sqrt(N) lists, 16 probed; its best 16 k re-ranked exactly by ``IndexRefineFlat``, which
+    keeps the full vectors, as this class does anyway). Below ``exact_below`` vectors every kind searches exactly (``kind_used`` says what ran), so results at
+    the hub's current size do not depend on an approximation; ``exact_below=0`` forces the index. IVF-PQ also
+    needs ``39 x 256`` vectors to train its codebooks and falls back to ``flat`` below that.
+    """
+
+    def __init__(self, vectors: np.ndarray, faiss_threshold: int = 50_000, kind: str = "flat",
+                 exact_below: int | None = None):
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, not {kind!r}")
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.uses_faiss = len(self.vectors) > faiss_threshold
+        n, dim = self.vectors.shape if self.vectors.ndim == 2 else (0, 0)
+        limit = faiss_threshold if exact_below is None else exact_below
+        self.kind_used = "exact" if kind == "exact" or n <= limit else kind
+        if self.kind_used == "ivfpq" and (n < 39 * 256 or dim % 8):
+            self.kind_used = "flat"
+        self.uses_faiss = self.kind_used != "exact"
         self._faiss = None
+        self._ef = 128
         if self.uses_faiss:
             import faiss
 
-            self._faiss = faiss.IndexFlatIP(self.vectors.shape[1])
-            self._faiss.add(self.vectors)
+            if self.kind_used == "flat":
+                index = faiss.IndexFlatIP(dim)
+            elif self.kind_used == "hnsw":
+                index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = 80
+            else:
+                lists = int(min(max(16, 4 * np.sqrt(n)), n // 39))
+                ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, dim // 8, 8, faiss.METRIC_INNER_PRODUCT)
+                ivf.nprobe = 16
+                ivf.train(self.vectors)
+                index = faiss.IndexRefineFlat(ivf)
+                index.k_factor = 16
+            index.add(self.vectors)
+            self._faiss = index
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -272,6 +305,8 @@ class VectorIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         n = min(n, len(self.vectors))
         if self._faiss is not None:
+            if self.kind_used == "hnsw":
+                self._faiss.hnsw.efSearch = max(self._ef, 2 * n)
             return self._faiss.search(q, n)
         s = self.scores(q)
         idx = np.argsort(-s, axis=1, kind="stable")[:, :n]
