@@ -93,6 +93,7 @@ class RouterView:
     matrices: dict[str, dict[str, Matrix]] = field(default_factory=dict)  # level -> metric -> mean A
     matrices_std: dict[str, dict[str, Matrix]] = field(default_factory=dict)
     forward_transfer: dict[str, Stat] = field(default_factory=dict)
+    slices: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)   # see cmrbench.analysis.slices
 
     @property
     def kind(self) -> str:
@@ -108,8 +109,22 @@ def _slug(name: str, version: str, taken: set[str]) -> str:
     return slug
 
 
-def collect(results_dir: Path, board: Leaderboard) -> tuple[list[RouterView], dict[str, dict], list[str]]:
-    """Router views in board order, the exact reference rows, and notes (e.g. disagreeing reference rows)."""
+def _merged_slices(paths: list[Path], data: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Slices of each results file (:func:`cmrbench.analysis.slices`), accuracies averaged over seeds."""
+    from cmrbench.analysis import slices
+    found = [slices(p, data) for p in paths]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, groups in found[0].items():
+        out[name] = {value: {"n": g["n"], **{lv: sum(f[name][value][lv] for f in found) / len(found)
+                                             for lv in LEVELS}}
+                     for value, g in groups.items()}
+    return out
+
+
+def collect(results_dir: Path, board: Leaderboard, data: Path | None = None
+            ) -> tuple[list[RouterView], dict[str, dict], list[str]]:
+    """Router views in board order, the exact reference rows, and notes (e.g. disagreeing reference rows);
+    with the build (``data``), each view's slices too."""
     results_dir = Path(results_dir)
     views: list[RouterView] = []
     taken: set[str] = set()
@@ -124,6 +139,8 @@ def collect(results_dir: Path, board: Leaderboard) -> tuple[list[RouterView], di
                 mats = [r.matrices[level][metric] for r in runs if metric in r.matrices.get(level, {})]
                 view.matrices[level][metric], view.matrices_std[level][metric] = mean_matrix(mats)
             view.forward_transfer[level] = stat([r.summary[level].forward_transfer for r in runs])
+        if data is not None and not entry.reference_row:
+            view.slices = _merged_slices([results_dir / rel for rel in entry.files], data)
         views.append(view)
         for r in runs:
             for name, levels in r.reference_rows.items():
@@ -351,6 +368,30 @@ def _per_experience_table(view: RouterView) -> str:
             f'<th>hallucination %</th><th>future leak %</th></tr></thead><tbody>{rows}</tbody></table>')
 
 
+SLICE_TITLES = {"source": "source dataset", "category": "domain category", "gold_model": "gold model",
+                "domain": "domain (the 5 weakest and 5 strongest with 10 prompts or more)"}
+
+
+def _slices_html(view: RouterView) -> str:
+    """Where the router fails: top-1 accuracy per slice after the last experience (mean over seeds)."""
+    if not view.slices:
+        return ""
+    tables = []
+    for name, title in SLICE_TITLES.items():
+        items = sorted(view.slices.get(name, {}).items(), key=lambda kv: kv[1]["domain"])
+        if name == "domain":
+            kept = [kv for kv in items if kv[1]["n"] >= 10]
+            items = kept[:5] + kept[-5:] if len(kept) > 10 else kept
+        rows = "".join(f'<tr><td>{_e(value)}</td><td class="num">{g["n"]:,}</td>'
+                       + "".join(f'<td class="num">{_pct(g[lv])}</td>' for lv in LEVELS) + "</tr>"
+                       for value, g in items)
+        tables.append(f'<table class="slices" data-slice="{name}"><caption>by {_e(title)}</caption><thead><tr>'
+                      f'<th>{_e(name.replace("_", " "))}</th><th>prompts</th><th>M-Acc</th><th>F-Acc</th>'
+                      f'<th>D-Acc</th></tr></thead><tbody>{rows}</tbody></table>')
+    return ("<h3>Where it fails (top-1 after the last experience, %, per prompt)</h3>"
+            f'<div class="slice-tables">{"".join(tables)}</div>')
+
+
 def _detail(view: RouterView) -> str:
     e, meta = view.entry, view.runs[0].router
     T = len(view.matrices["domain"]["acc@1"])
@@ -395,6 +436,7 @@ def _detail(view: RouterView) -> str:
   <div class="curves"><figure>{overall}</figure>{"".join(f"<figure>{c}</figure>" for c in per_level)}</div>
   <h3>Per experience</h3>
   {_per_experience_table(view)}
+  {_slices_html(view)}
   <details class="files"><summary>results files ({len(e.files)})</summary><ul>{files}</ul></details>
 </section>"""
 
@@ -428,6 +470,9 @@ table{border-collapse:collapse}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .std{color:var(--muted);font-size:12px}
 .ver{color:var(--muted);font-size:12px}
+.slice-tables{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
+table.slices td,table.slices th{padding:3px 8px;border-bottom:1px solid var(--line)}
+table.slices caption{text-align:left;font-weight:600;padding:2px 0}
 .badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:11px;font-style:normal;font-weight:600;
  vertical-align:middle;border:1px solid transparent}
 .badge.reference{background:#eceff3;color:#3d4752;border-color:#c9d1da}
@@ -630,11 +675,15 @@ def render_site(results_dir: Path, out_dir: Path, sort_by: str = "domain.final_a
         out_dir: created if missing; the two files are replaced atomically.
         sort_by: ``LEVEL.METRIC`` that ranks the table (the page can re-sort by any column).
         board: an already built leaderboard of ``results_dir`` (built here when omitted).
-        data: the dataset build the results are verified against (when ``board`` is built here).
+        data: the dataset build the results are verified against (when ``board`` is built here) and the
+            routers' slices are computed on (none without it).
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    board = board or build_leaderboard(results_dir, sort_by, data)
-    views, references, notes = collect(results_dir, board)
+    if board is None:           # the build the board is verified on also gives each router's slices
+        from cmrbench.data import default_data_dir
+        data = default_data_dir() if data is None else data
+        board = build_leaderboard(results_dir, sort_by, data)
+    views, references, notes = collect(results_dir, board, data)
     page = out_dir / "index.html"
     atomic_write_text(page, render_html(board, views, references, notes))
     atomic_write_text(out_dir / "leaderboard.json", board.model_dump_json(indent=2) + "\n")

@@ -272,13 +272,18 @@ def test_page_in_headless_chromium(results_dir, synthetic_hub, tmp_path):
         pytest.skip("no Chromium binary (apt-get install chromium, or set CMRBENCH_CHROMIUM): page not checked "
                     "in a browser")
     board = build_leaderboard(results_dir, data=synthetic_hub)
-    page = render_site(results_dir, tmp_path / "site", board=board)
+    page = render_site(results_dir, tmp_path / "site", board=board, data=synthetic_hub)
     data = _page_data(page.read_text(encoding="utf-8"))
     browser = Chromium(binary, tmp_path / "profile")
     try:
         browser.open_page(page.as_uri())
         assert browser.js("window.CMRBENCH_READY === true")
         assert browser.js("document.querySelector('#dataset').textContent") == board.dataset
+        # each (non-reference) router's details show where it fails: its slices, prompts adding up to all of them
+        sources = browser.js("Array.from(document.querySelectorAll('table.slices[data-slice=source]'))"
+                             ".map(t => Array.from(t.tBodies[0].rows).reduce((n, r) => n + "
+                             "Number(r.cells[1].textContent.replace(/,/g, '')), 0))")
+        assert len(sources) == len(board.entries) and len(set(sources)) == 1 and sources[0] > 0
 
         # every router and every exact reference row is in the table: ranked routers in the board's order, then
         # routers that are references (never ranked), then the exact reference rows
