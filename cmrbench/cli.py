@@ -69,6 +69,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_sources(args: argparse.Namespace) -> int:
     from .sources import SOURCES, SourceResolver
     resolver = SourceResolver(args.sources, offline=True)
+    if resolver.mirror is None:
+        print("no mirror folder given (--sources DIR or $CMRBENCH_SOURCES): checking the download cache "
+              f"{resolver.cache_dir} only", file=sys.stderr)
+    else:
+        print(f"mirror: {resolver.mirror}", file=sys.stderr)
     for key, spec in SOURCES.items():
         state = "present" if resolver.available(key) else ("missing (optional)" if spec.optional else "MISSING")
         print(f"{key:62s} {spec.repo}@{spec.revision[:7]}  {state}")
@@ -98,6 +103,7 @@ def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, a
 def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:
     from .harness import RunPaths, evaluate
     from .loggers import make_logger
+    from .metrics import percent
     from .results import load_results
     if args.run_name:
         router.meta = router.meta.model_copy(update={"name": args.run_name})
@@ -117,9 +123,9 @@ def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, k
                        loggers=[make_logger(spec) for spec in args.log or []])
     s = results.summary
     print(f"{results.router.name} on {bench.name} (seed {args.seed}), after {results.finished_experiences} "
-          f"experiences: M {100 * s['model'].final_average_accuracy:.1f} / F "
-          f"{100 * s['family'].final_average_accuracy:.1f} / D {100 * s['domain'].final_average_accuracy:.1f}"
-          + (f", D forgetting {100 * s['domain'].forgetting:.1f}" if s['domain'].forgetting is not None else ""))
+          f"experiences: M {percent(s['model'].final_average_accuracy)} / F "
+          f"{percent(s['family'].final_average_accuracy)} / D {percent(s['domain'].final_average_accuracy)}"
+          + (f", D forgetting {percent(s['domain'].forgetting)}" if s['domain'].forgetting is not None else ""))
     print(f"results: {paths.results}" if keep else "(results discarded; pass --out to keep them)")
     return 0
 
@@ -224,6 +230,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     import json
 
     from .analysis import slices, verify
+    from .metrics import percent
     data = args.data or default_data_dir()
     results = verify(args.results, data)
     found = slices(args.results, data)
@@ -237,10 +244,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if r.run is not None:
         print(f"run {r.run.started_at} .. {r.run.finished_at}" + (f", code {r.run.code_commit}" if r.run.code_commit
                                                                    else ""))
-    _print_table([{"level": level, "final": f"{100 * s.final_average_accuracy:.1f}",
-                   "stream": f"{100 * s.stream_average_accuracy:.1f}",
-                   "forgetting": "-" if s.forgetting is None else f"{100 * s.forgetting:.1f}",
-                   "BWT": "-" if s.backward_transfer is None else f"{100 * s.backward_transfer:+.1f}"}
+    _print_table([{"level": level, "final": percent(s.final_average_accuracy),
+                   "stream": percent(s.stream_average_accuracy),
+                   "forgetting": percent(s.forgetting),
+                   "BWT": percent(s.backward_transfer)}
                   for level, s in r.summary.items()], ["level", "final", "stream", "forgetting", "BWT"])
     print("\ntop-1 accuracy (%) per prompt after the last experience, by slice (a slice averages its prompts, "
           "the final accuracy above averages experiences):")
@@ -254,7 +261,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         else:
             print(f"\nby {name.replace('_', ' ')}:")
         label = "gold domain" if name == "domain" else name.replace("_", " ")
-        _print_table([{label: k, "n": v["n"], **{lv: f"{100 * v[lv]:.1f}" for lv in ("model", "family", "domain")}}
+        _print_table([{label: k, "n": v["n"], **{lv: percent(v[lv]) for lv in ("model", "family", "domain")}}
                       for k, v in items], [label, "n", "model", "family", "domain"])
     return 0
 

@@ -45,6 +45,7 @@ __all__ = [
     "paired_bootstrap",
     "mean_std",
     "latency_summary",
+    "percent",
 ]
 
 # The continual summaries stored per level in every results file, with the direction that is better.
@@ -55,6 +56,15 @@ SUMMARY_METRICS: dict[str, dict[str, object]] = {
     "max_forgetting": {"higher_is_better": False, "label": "forgetting from the best earlier accuracy"},
     "backward_transfer": {"higher_is_better": True, "label": "backward transfer (-forgetting)"},
 }
+
+def percent(value: float | None, digits: int = 1) -> str:
+    """How every surface (command line, tables, page, figures) prints a fraction as a percentage: one decimal,
+    two below 1 % so that small rates do not read as 0.0 (0.0015 -> "0.15"); "–" for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    x = 100 * value
+    return f"{x:.2f}" if digits == 1 and x != 0 and abs(x) < 1 else f"{x:.{digits}f}"
+
 
 # Upper bound on the number of resampled indices held in memory at once by ``paired_bootstrap``
 # (int64, so 2**22 indices are 32 MiB). Changing it changes the random stream, hence the results.

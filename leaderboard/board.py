@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cmrbench import __version__
 from cmrbench.analysis import verify
 from cmrbench.data import Benchmark, default_data_dir
-from cmrbench.metrics import SUMMARY_METRICS, mean_std
+from cmrbench.metrics import SUMMARY_METRICS, mean_std, percent
 from cmrbench.results import LEVELS, Results, find_results_files, load_results
 
 LEADERBOARD_SCHEMA_VERSION = "1.1"   # 1.1: reference rows apart from the ranked entries
@@ -152,7 +152,7 @@ COLUMNS = [("M-Acc", "model", "final_average_accuracy"), ("F-Acc", "family", "fi
 def _pct(stat: Stat, pm: str = " ± ") -> str:
     if stat.mean is None:
         return "–"
-    return f"{100 * stat.mean:.1f}" + (f"{pm}{100 * stat.std:.1f}" if stat.n > 1 else "")
+    return percent(stat.mean) + (f"{pm}{percent(stat.std)}" if stat.n > 1 else "")
 
 
 def _kind(e: Entry) -> str:

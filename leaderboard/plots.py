@@ -85,10 +85,8 @@ def _save(fig, path: Path, fmt: str, dpi: int) -> Path:
 
 
 def _pct_label(v: float | None) -> str:
-    if v is None:
-        return ""
-    x = 100 * v
-    return f"{x:.2f}" if 0 < abs(x) < 1 else f"{x:.1f}"
+    from cmrbench.metrics import percent
+    return "" if v is None else percent(v)
 
 
 def _draw_heatmap(fig, ax, matrix, title: str, metric: str, colourbar: bool = True, ylabel: bool = True):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cmrbench.leaderboard.board import (SUMMARY_FIELDS, Entry, Leaderboard, Stat, build_leaderboard, stat, to_csv,
                                       to_latex)
-from cmrbench.metrics import mean_std
+from cmrbench.metrics import mean_std, percent
 from cmrbench.fileio import atomic_write_text
 from cmrbench.results import LEVELS, Results, load_results
 
@@ -155,12 +155,7 @@ def collect(results_dir: Path, board: Leaderboard, data: Path | None = None
 # ---------------------------------------------------------------------------------------- formatting
 
 def _pct(v: float | None, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    x = 100 * v
-    if x != 0 and abs(x) < 1 and digits == 1:
-        return f"{x:.2f}"
-    return f"{x:.{digits}f}"
+    return percent(v, digits)
 
 
 def _num(v: float | None) -> str:
