@@ -122,12 +122,12 @@ def test_routers_are_listed_with_metadata_and_other_packages_can_add_some(monkey
 
     from cmrbench.registry import KINDS, REGISTRY, load_router, registered
     assert all(e.kind in KINDS and e.summary and ":" in e.target for e in REGISTRY.values())
-    (tmp_path / "toy_routers.py").write_text(
+    (tmp_path / "ext_router_package.py").write_text(
         "from cmrbench.baselines.reference import RandomRouter\n"
         "def toy(seed=0):\n    return RandomRouter(seed=seed)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    toy = md.EntryPoint(name="toy", value="toy_routers:toy", group="cmrbench.routers")
-    clash = md.EntryPoint(name="bm25", value="toy_routers:toy", group="cmrbench.routers")
+    toy = md.EntryPoint(name="toy", value="ext_router_package:toy", group="cmrbench.routers")
+    clash = md.EntryPoint(name="bm25", value="ext_router_package:toy", group="cmrbench.routers")
     monkeypatch.setattr(md, "entry_points", lambda group=None: [toy, clash] if group == "cmrbench.routers" else [])
     names = registered()
     assert names["toy"].kind == "external" and names["bm25"] == REGISTRY["bm25"]   # ours are never replaced
