@@ -75,7 +75,8 @@ class RunRecord(_Strict):
 
     started_at: str = Field(description="UTC, ISO 8601, when the run (not a resumed part) began")
     finished_at: str = Field(description="UTC, ISO 8601, when this file was last written")
-    command: list[str] | None = Field(None, description="the command line, when run from `cmrbench`")
+    command: list[str] | None = Field(None, description="the command line, when run from `cmrbench` (absolute paths "
+                                                          "cut to their last component)")
     router_spec: str | None = Field(None, description="the router as named on the command line (registered name, "
                                                       "module:Class or folder), when run from `cmrbench`")
     code_commit: str | None = Field(None, description="git commit of the cmrbench source tree ('+dirty' when "
@@ -85,6 +86,17 @@ class RunRecord(_Strict):
 
 PACKAGES = ("numpy", "polars", "pyarrow", "torch", "transformers", "sentence-transformers", "peft", "rank-bm25",
             "pyserini", "faiss-cpu")
+
+
+def _without_paths(command: list[str]) -> list[str]:
+    """The command line with every absolute path cut to its last component (as ``dataset.folder`` is): a results
+    file names no folder of the machine it ran on."""
+    def cut(arg: str) -> str:
+        key, sep, value = arg.partition("=")
+        if sep and os.path.isabs(value):
+            return f"{key}={Path(value).name}"
+        return Path(arg).name if os.path.isabs(arg) else arg
+    return [cut(a) for a in command]
 
 
 def run_record(started_at: str, command: list[str] | None = None, router_spec: str | None = None) -> RunRecord:
@@ -98,7 +110,8 @@ def run_record(started_at: str, command: list[str] | None = None, router_spec: s
         except PackageNotFoundError:
             continue
     return RunRecord(started_at=started_at, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     command=command, router_spec=router_spec, code_commit=_source_commit(), packages=packages)
+                     command=None if command is None else _without_paths(command), router_spec=router_spec,
+                     code_commit=_source_commit(), packages=packages)
 
 
 def _source_commit() -> str | None:
