@@ -94,9 +94,11 @@ class TensorBoardLogger:
 
 class _RunTracker:
     """Weights & Biases and Trackio share one API: ``init(project, name, config)``, ``log(dict, step)``,
-    ``finish()``; the run starts at the first experience, named after the router and seed."""
+    ``finish()``; the run starts at the first experience, named after the router and seed. A subclass names the
+    module and any extra ``init`` options."""
 
     module_name = ""
+    init_options: dict = {}
 
     def __init__(self, project: str):
         import importlib
@@ -108,12 +110,12 @@ class _RunTracker:
         self.project = project
         self.run = None
 
-    def start(self, results: Results):
-        raise NotImplementedError
-
     def log_experience(self, t: int, results: Results) -> None:
         if self.run is None:
-            self.run = self.start(results)
+            self.run = self.module.init(
+                project=self.project, name=f"{results.router.name}-seed{results.seed}",
+                config={"router": results.router.model_dump(mode="json"), "seed": results.seed,
+                        "dataset": results.dataset.model_dump(mode="json")}, **self.init_options)
         self.run.log(experience_metrics(t, results), step=t)
 
     def close(self) -> None:
@@ -127,21 +129,12 @@ class WandbLogger(_RunTracker):
 
     module_name = "wandb"
 
-    def start(self, results: Results):
-        return self.module.init(project=self.project, name=f"{results.router.name}-seed{results.seed}",
-                                config={"router": results.router.model_dump(mode="json"), "seed": results.seed,
-                                        "dataset": results.dataset.model_dump(mode="json")})
-
 
 class TrackioLogger(_RunTracker):
     """Trackio (local-first: a SQLite file under ``$TRACKIO_DIR``; ``trackio show`` opens the dashboard)."""
 
     module_name = "trackio"
-
-    def start(self, results: Results):
-        return self.module.init(project=self.project, name=f"{results.router.name}-seed{results.seed}",
-                                config={"router": results.router.model_dump(mode="json"), "seed": results.seed,
-                                        "dataset": results.dataset.model_dump(mode="json")}, auto_log_cpu=False)
+    init_options = {"auto_log_cpu": False}
 
 
 def make_logger(spec: str) -> Logger:
