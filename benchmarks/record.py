@@ -8,7 +8,7 @@ Each (row, seed) is one ``cmrbench evaluate --run-name ROW`` in its own process,
 ``results/CMRBench-v1-paper/`` (results JSON + predictions Parquet; checkpoints are deleted once the run is
 complete). Runs already complete are skipped ("only missing"), a partial one is resumed. Then
 
-    cmrbench leaderboard results/CMRBench-v1-paper --out results/CMRBench-v1-paper/leaderboard.json
+    cmrbench leaderboard results/CMRBench-v1-paper
 
 verifies every file against its predictions and writes the tables the README shows, and
 

@@ -1,5 +1,5 @@
 """Write an assembled CMRBench as a Hub-ready folder: Parquet per config/split, README.md dataset card
-with ``configs:``, ``LICENSE.md`` (the sources' licenses), ``manifest.json`` and ``quarantine.jsonl``.
+with ``configs:``, ``LICENSE.md`` (the sources' licenses), ``manifest.json`` and ``quarantine.jsonl.gz``.
 
 The folder is written into a temporary sibling and renamed into place, so an interrupted build never
 leaves a half-written dataset, and two builds from the same sources are byte-identical.
@@ -62,7 +62,9 @@ def statistics(data: Assembled) -> list[dict[str, object]]:
     return out
 
 
-OWN_FILES = (MANIFEST, "README.md", "LICENSE.md", "quarantine.jsonl")
+QUARANTINE = "quarantine.jsonl.gz"
+# the uncompressed quarantine.jsonl of earlier builds stays ours, so that --overwrite can replace those builds
+OWN_FILES = (MANIFEST, "README.md", "LICENSE.md", QUARANTINE, "quarantine.jsonl")
 
 
 class NotOurFolderError(FileExistsError):
@@ -120,7 +122,7 @@ def write_folder(data: Assembled, source_sha256: dict[str, str], quarantine: Qua
                 _write_parquet(rows.filter(pl.col("split") == split), tmp / f"experience_{exp}/{split}.parquet")
         _write_parquet(data.models, tmp / "models/models.parquet")
         _write_parquet(data.cards.sort("card_id"), tmp / "cards/cards.parquet")
-        quarantine.write(tmp / "quarantine.jsonl")
+        quarantine.write(tmp / QUARANTINE)
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.parquet"))}
         manifest = {
             "dataset": DATASET_NAME, "dataset_version": DATASET_VERSION, "builder_version": BUILDER_VERSION,

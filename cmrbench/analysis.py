@@ -29,7 +29,7 @@ def _predictions(results: Results, results_path: Path) -> pl.DataFrame:
         raise ValueError(f"{path} (predictions of {results_path}) cannot be read: {err}") from err
 
 
-def _benchmark_for(results: Results, data: Path) -> Benchmark:
+def benchmark_for(results: Results, data: Path) -> Benchmark:
     bench = Benchmark(data, eval_split=results.dataset.eval_split)
     if bench.manifest_sha256 != results.dataset.manifest_sha256:
         raise ValueError(f"{data} is not the dataset build these results were computed on "
@@ -44,7 +44,7 @@ class ResultsMismatchError(ValueError):
 def recompute(results_path: Path, data: Path | Benchmark) -> tuple[Results, dict[str, Any]]:
     """The stored results and every field recomputed from their predictions on the build (JSON form)."""
     results = load_results(results_path)
-    bench = data if isinstance(data, Benchmark) else _benchmark_for(results, data)
+    bench = data if isinstance(data, Benchmark) else benchmark_for(results, data)
     if bench.manifest_sha256 != results.dataset.manifest_sha256 or bench.eval_split != results.dataset.eval_split:
         raise ValueError(f"{results_path} was computed on another build or split than {bench.folder}")
     predictions = _predictions(results, results_path)
@@ -80,17 +80,44 @@ def _final_predictions(results_path: Path, bench: Benchmark) -> tuple[int, pl.Da
     return t, _predictions(results, results_path).filter(pl.col("after_experience") == t)
 
 
-def per_prompt_correct(results_path: Path, bench: Benchmark) -> dict[str, pl.DataFrame]:
-    """Top-1 correctness per test prompt after the last finished experience, per level."""
+def per_prompt_correct(results_path: Path, bench: Benchmark) -> pl.DataFrame:
+    """Top-1 correctness (0/1) per test prompt after the last finished experience: columns ``prompt_id``,
+    ``test_experience`` (the experience the prompt belongs to) and one per level (``model``, ``family``,
+    ``domain``)."""
     t, preds = _final_predictions(results_path, bench)
     registry = bench.label_registry(t)
-    gold = pl.concat([bench.test_set(j) for j in range(1, t + 1)])
+    gold = pl.concat([bench.test_set(j).with_columns(pl.lit(j).alias("test_experience")) for j in range(1, t + 1)])
     joined = gold.join(preds.select("prompt_id", "model_ids"), on="prompt_id", how="inner")
-    out = {}
+    columns = {"prompt_id": joined["prompt_id"], "test_experience": joined["test_experience"]}
     for level in LEVELS:
         labels = None if level == "model" else (registry.families if level == "family" else registry.domains)
-        hits = M.hits_at_k(joined["model_ids"].to_list(), joined[_GOLD[level]].to_list(), 1, labels)
-        out[level] = pl.DataFrame({"prompt_id": joined["prompt_id"], "correct": hits.astype(np.float64)})
+        columns[level] = M.hits_at_k(joined["model_ids"].to_list(), joined[_GOLD[level]].to_list(), 1,
+                                     labels).astype(np.float64)
+    return pl.DataFrame(columns)
+
+
+def final_average_intervals(correct: pl.DataFrame, best: pl.DataFrame | None = None, n_resamples: int = 2000,
+                            seed: int = 0) -> dict[str, dict]:
+    """Per level: a bootstrap confidence interval of the final average accuracy (prompts resampled within
+    their test experience, so the statistic is the mean over experiences the tables show) and, with
+    ``best`` (another router's correctness on the same prompts), a paired test of the difference.
+
+    ``correct`` is :func:`per_prompt_correct`'s frame, or its mean over seeds (fractional correctness).
+    Returns ``level -> {"mean", "ci_low", "ci_high"}`` plus ``"diff", "p_value"`` against ``best``.
+    """
+    out: dict[str, dict] = {}
+    if best is not None:
+        correct = correct.join(best.select("prompt_id", *[pl.col(lv).alias(f"{lv}_best") for lv in LEVELS]),
+                               on="prompt_id", how="inner")
+    strata = correct["test_experience"].to_numpy()
+    for level in LEVELS:
+        a = correct[level].to_numpy()
+        alone = M.paired_bootstrap(a, np.zeros_like(a), n_resamples=n_resamples, seed=seed, strata=strata)
+        out[level] = {"mean": alone["mean_a"], "ci_low": alone["ci_low"], "ci_high": alone["ci_high"]}
+        if best is not None:
+            paired = M.paired_bootstrap(a, correct[f"{level}_best"].to_numpy(), n_resamples=n_resamples,
+                                        seed=seed, strata=strata)
+            out[level] |= {"diff": paired["mean_diff"], "p_value": paired["p_value"]}
     return out
 
 
@@ -102,19 +129,15 @@ def _paired_benchmark(a_path: Path, b_path: Path, data: Path) -> Benchmark:
     if a.finished_experiences != b.finished_experiences:
         raise ValueError(f"{a_path} finished {a.finished_experiences} experiences, {b_path} "
                          f"{b.finished_experiences}: compare runs at the same point")
-    return _benchmark_for(a, data)
+    return benchmark_for(a, data)
 
 
 def compare(a_path: Path, b_path: Path, data: Path, n_resamples: int = 10000, seed: int = 0) -> dict[str, dict]:
     """Paired bootstrap of a minus b on the prompts both results files routed after their last experience."""
     bench = _paired_benchmark(a_path, b_path, data)
-    ca, cb = per_prompt_correct(a_path, bench), per_prompt_correct(b_path, bench)
-    out = {}
-    for level in LEVELS:
-        both = ca[level].join(cb[level], on="prompt_id", suffix="_b")
-        out[level] = M.paired_bootstrap(both["correct"].to_numpy(), both["correct_b"].to_numpy(),
-                                        n_resamples=n_resamples, seed=seed)
-    return out
+    both = per_prompt_correct(a_path, bench).join(per_prompt_correct(b_path, bench), on="prompt_id", suffix="_b")
+    return {level: M.paired_bootstrap(both[level].to_numpy(), both[f"{level}_b"].to_numpy(),
+                                      n_resamples=n_resamples, seed=seed) for level in LEVELS}
 
 
 def ranking_agreement(a_path: Path, b_path: Path, data: Path, k: int = 10) -> dict[str, float]:
@@ -137,17 +160,19 @@ def ranking_agreement(a_path: Path, b_path: Path, data: Path, k: int = 10) -> di
 SLICES = ("source", "category", "modality", "test_experience", "gold_model", "domain")
 
 
-def slices(results_path: Path, data: Path | Benchmark) -> dict[str, dict[str, dict[str, float]]]:
+def slices(results_path: Path, data: Path | Benchmark, correct: pl.DataFrame | None = None
+           ) -> dict[str, dict[str, dict[str, float]]]:
     """Where a router succeeds and fails: top-1 accuracy (model, family, domain) after its last experience,
     broken down by the prompts' source dataset, domain category, modality, test experience, whether the gold
     model was new in the prompt's experience or seen before (``gold_model``), and domain.
 
     Returns ``slice -> value -> {"n": prompts, "model": acc, "family": acc, "domain": acc}`` (accuracies in
-    [0, 1]); every number is recomputed from the verified predictions.
+    [0, 1]); every number is recomputed from the verified predictions (or taken from ``correct``, the file's
+    :func:`per_prompt_correct` already computed).
     """
     results = load_results(results_path)
-    bench = data if isinstance(data, Benchmark) else _benchmark_for(results, data)
-    correct = per_prompt_correct(results_path, bench)
+    bench = data if isinstance(data, Benchmark) else benchmark_for(results, data)
+    correct = per_prompt_correct(results_path, bench) if correct is None else correct
     t = results.finished_experiences
     earlier: set[str] = set()
     frames = []
@@ -159,9 +184,8 @@ def slices(results_path: Path, data: Path | Benchmark) -> dict[str, dict[str, di
             pl.when(pl.col("model_id").is_in(list(earlier))).then(pl.lit("seen before"))
               .otherwise(pl.lit("new in its experience")).alias("gold_model")))
         earlier |= bench.experience_models(j)
-    table = pl.concat(frames)
-    for level in LEVELS:
-        table = table.join(correct[level].rename({"correct": f"top1_{level}"}), on="prompt_id", how="inner")
+    table = pl.concat(frames).join(correct.select("prompt_id", *[pl.col(lv).alias(f"top1_{lv}") for lv in LEVELS]),
+                                   on="prompt_id", how="inner")
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name in SLICES:
         grouped = table.group_by(name).agg(pl.len().alias("n"), *[pl.col(f"top1_{lv}").mean() for lv in LEVELS])

@@ -267,18 +267,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard.board import build_leaderboard, to_csv, to_latex, to_markdown
-    from .fileio import atomic_write_text
+    from .leaderboard.board import build_leaderboard, write_tables
+    out = args.out or args.results_dir
+    if out.suffix in (".json", ".md", ".csv", ".tex", ".html"):
+        raise ValueError(f"--out is the folder the leaderboard is written to (DIR/leaderboard.json, .md, .csv, .tex; "
+                         f"index.html with --html), not a file: {out}")
     board = build_leaderboard(args.results_dir, args.sort_by, args.data or default_data_dir())
-    atomic_write_text(args.out, board.model_dump_json(indent=2) + "\n")
-    md = args.markdown or args.out.with_suffix(".md")
-    atomic_write_text(md, to_markdown(board))
-    written = [args.out, md]
-    for path, render in ((args.csv, to_csv), (args.latex, to_latex)):
-        if path is not None:
-            atomic_write_text(path, render(board))
-            written.append(path)
-    print(f"{len(board.entries)} routers ranked by {args.sort_by}: {', '.join(map(str, written))}")
+    if args.html:
+        from .leaderboard.site import render_site
+        written = [render_site(args.results_dir, out, args.sort_by, board=board, data=args.data or default_data_dir())]
+    else:
+        written = write_tables(board, out)
+    print(f"{len(board.entries)} routers ranked by {args.sort_by}: {', '.join(map(str, written))}"
+          + (" (and the tables it links to)" if args.html else ""))
     return 0
 
 
@@ -489,19 +490,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rank every results file (<router>__<dataset>__seed<N>.json) under a folder: each "
                                    "is verified against its predictions on the build (--data) before it counts, seeds "
                                    "of a router are merged as mean ± std (the same seed twice is refused), reference "
-                                   "rows are listed apart, never ranked. Writes JSON and Markdown (and --html DIR).")
+                                   "rows are listed apart, never ranked. Writes JSON, Markdown, CSV and LaTeX "
+                                   "(and the page with --html) into one folder.",
+                       epilog="example: cmrbench leaderboard runs/ --out site/ --html")
     p.add_argument("results_dir", type=Path, help="folder of results files (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="leaderboard JSON to write")
-    p.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table (default: OUT with .md)")
-    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV (mean and std columns)")
-    p.add_argument("--latex", type=Path, default=None, help="also write the table as a LaTeX booktabs tabular")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="folder to write leaderboard.json (the data) and leaderboard.md / .csv / .tex (tables for "
+                        "READMEs, spreadsheets and papers) to (default: RESULTS_DIR itself)")
+    p.add_argument("--html", action="store_true",
+                   help="also write DIR/index.html: a static, self-contained page (sortable table, 95%% intervals and "
+                        "tests against the first row, per-router heatmaps, curves and slices; works offline)")
     p.add_argument("--sort-by", default="domain.final_average_accuracy",
                    help="LEVEL.METRIC to rank by, in the metric's better direction (forgetting: lowest first); "
                         "default domain.final_average_accuracy")
     _data_arg(p)
     p.set_defaults(func=cmd_leaderboard)
-    from .leaderboard.cli import add_html_option, register_cli as register_leaderboard_cli
-    add_html_option(p)  # --html DIR: also render the static page (wraps cmd_leaderboard)
+    from .leaderboard.cli import register_cli as register_leaderboard_cli
     register_leaderboard_cli(sub)  # plot, publish
 
     try:

@@ -327,6 +327,7 @@ def paired_bootstrap(
     n_resamples: int = 10000,
     seed: int = 0,
     confidence: float = 0.95,
+    strata: np.ndarray | None = None,
 ) -> dict:
     """Paired bootstrap of the mean difference ``mean(a) - mean(b)`` over the same prompts.
 
@@ -335,6 +336,10 @@ def paired_bootstrap(
     ``delta = mean(d)``. For ``B = n_resamples`` resamples, ``n`` prompt indices are drawn
     uniformly with replacement (the same indices for both systems) and ``delta*_b`` is the mean of
     ``d`` over them.
+
+    With ``strata`` (one label per prompt, e.g. its test experience) the statistic is the mean over
+    strata of the mean of ``d`` within each, as the final average accuracy averages experiences, and
+    each resample draws every stratum's prompts within that stratum (its size kept).
 
     * ``ci_low``, ``ci_high``: percentile interval, the ``(1-confidence)/2`` and
       ``(1+confidence)/2`` quantiles (numpy "linear" method) of ``delta*_1 .. delta*_B``.
@@ -345,9 +350,10 @@ def paired_bootstrap(
       ``delta = 0`` and ``p = 1``.
 
     Indices are drawn with ``numpy.random.default_rng(seed)`` in chunks of at most
-    ``2**22`` indices, so the result is deterministic given ``seed`` (and ``n``, ``B``).
+    ``2**22`` indices, strata in sorted order, so the result is deterministic given ``seed``
+    (and the inputs). A confidence interval of one system alone is ``paired_bootstrap(a, zeros)``.
     Returns ``{"mean_diff", "ci_low", "ci_high", "p_value", "mean_a", "mean_b", "n",
-    "n_resamples", "confidence", "seed"}``.
+    "n_resamples", "confidence", "seed"}`` (means are stratified when ``strata`` is given).
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
@@ -363,33 +369,42 @@ def paired_bootstrap(
     d = a - b
     if not np.all(np.isfinite(d)):
         raise ValueError("a and b must be finite")
+    if strata is None:
+        groups = [np.arange(n)]
+    else:
+        strata = np.asarray(strata)
+        if strata.shape != a.shape:
+            raise ValueError(f"strata must give one label per prompt ({n}), got shape {strata.shape}")
+        groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
 
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_resamples, _BOOTSTRAP_CHUNK_ELEMENTS // n))
-    sums = np.empty(n_resamples, dtype=float)
+    stats = np.empty(n_resamples, dtype=float)
     done = 0
     while done < n_resamples:
         c = min(chunk, n_resamples - done)
-        idx = rng.integers(0, n, size=(c, n))
-        sums[done : done + c] = d[idx].sum(axis=1)
+        # sums first (exact integers for 0/1 data), so "at least as extreme" is not decided by rounding
+        sums = [d[g][rng.integers(0, g.size, size=(c, g.size))].sum(axis=1) for g in groups]
+        stats[done : done + c] = np.mean([s / g.size for s, g in zip(sums, groups)], axis=0)
         done += c
-
-    # Work on sums (exact integers for 0/1 data) rather than means, so that "at least as extreme"
-    # is not decided by rounding; a tiny tolerance covers non-integer scores.
-    total = float(d.sum())
-    tol = 8.0 * n * np.finfo(float).eps * max(1.0, float(np.max(np.abs(d))))
-    extreme = np.abs(sums - total) >= abs(total) - tol
+    delta = float(np.mean([d[g].sum() / g.size for g in groups]))
+    tol = 8.0 * n * np.finfo(float).eps * max(1.0, float(np.max(np.abs(d)))) / min(g.size for g in groups)
+    extreme = np.abs(stats - delta) >= abs(delta) - tol
     p_value = (1.0 + float(np.count_nonzero(extreme))) / (n_resamples + 1.0)
 
     alpha = 1.0 - confidence
-    lo, hi = np.quantile(sums / n, [alpha / 2.0, 1.0 - alpha / 2.0])
+    lo, hi = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
+
+    def stratified_mean(x: np.ndarray) -> float:
+        return float(np.mean([x[g].mean() for g in groups]))
+
     return {
-        "mean_diff": total / n,
+        "mean_diff": delta,
         "ci_low": float(lo),
         "ci_high": float(hi),
         "p_value": p_value,
-        "mean_a": float(np.mean(a)),
-        "mean_b": float(np.mean(b)),
+        "mean_a": stratified_mean(a),
+        "mean_b": stratified_mean(b),
         "n": int(n),
         "n_resamples": int(n_resamples),
         "confidence": float(confidence),

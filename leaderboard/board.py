@@ -230,5 +230,20 @@ def to_latex(board: Leaderboard) -> str:
     return "\n".join(lines)
 
 
+TABLE_FILES = {"leaderboard.json": lambda b: b.model_dump_json(indent=2) + "\n", "leaderboard.md": to_markdown,
+               "leaderboard.csv": to_csv, "leaderboard.tex": to_latex}
+
+
+def write_tables(board: Leaderboard, out_dir: Path) -> list[Path]:
+    """Write the board as ``out_dir/leaderboard.json`` (the data), ``.md``, ``.csv`` and ``.tex`` (its tables),
+    each atomically; return their paths."""
+    from cmrbench.fileio import atomic_write_text
+    paths = []
+    for name, render in TABLE_FILES.items():
+        atomic_write_text(Path(out_dir) / name, render(board))
+        paths.append(Path(out_dir) / name)
+    return paths
+
+
 def leaderboard_json_schema() -> str:
     return json.dumps(Leaderboard.model_json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,8 +1,6 @@
-"""Command-line pieces of the leaderboard package: ``cmrbench plot``, ``cmrbench publish`` and
-``cmrbench leaderboard ... --html DIR``.
+"""Command-line pieces of the leaderboard package: ``cmrbench plot`` and ``cmrbench publish``.
 
-``cmrbench/cli.py`` wires them in with :func:`register_cli` (the two subcommands) and
-:func:`add_html_option` (the ``--html`` option of ``leaderboard``). ``python -m cmrbench.leaderboard.cli``
+``cmrbench/cli.py`` wires them in with :func:`register_cli`; ``python -m cmrbench.leaderboard.cli``
 runs the same two subcommands on their own.
 """
 
@@ -94,31 +92,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``plot`` and ``publish`` subcommands to ``cmrbench``'s subparsers."""
     add_plot_parser(subparsers)
     add_publish_parser(subparsers)
-
-
-def add_html_option(leaderboard_parser: argparse.ArgumentParser) -> None:
-    """Add ``--html DIR`` to the ``leaderboard`` subcommand: after its JSON and Markdown, write the static page.
-
-    Call it after ``leaderboard_parser.set_defaults(func=...)``: the command's function is wrapped, and the page
-    is rendered when it returns 0. The parser must define ``results_dir`` and ``sort_by``.
-    """
-    inner = leaderboard_parser.get_default("func")
-    if inner is None:
-        raise ValueError("add_html_option: call it after leaderboard_parser.set_defaults(func=...)")
-    leaderboard_parser.add_argument(
-        "--html", type=Path, default=None, metavar="DIR",
-        help="also write a static, self-contained leaderboard page DIR/index.html (sortable table, per-router "
-             "heatmaps and curves; works offline) and DIR/leaderboard.json")
-
-    def with_html(args: argparse.Namespace) -> int:
-        rc = inner(args)
-        if rc == 0 and args.html is not None:
-            from .site import render_site
-            page = render_site(args.results_dir, args.html, sort_by=args.sort_by, data=args.data)
-            print(f"leaderboard page: {page}")
-        return rc
-
-    leaderboard_parser.set_defaults(func=with_html)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmrbench.leaderboard.board import (SUMMARY_FIELDS, Entry, Leaderboard, Stat, build_leaderboard, stat, to_csv,
-                                      to_latex)
+import polars as pl
+
+from cmrbench.leaderboard.board import (SUMMARY_FIELDS, Entry, Leaderboard, Stat, build_leaderboard, stat,
+                                      write_tables)
 from cmrbench.metrics import mean_std, percent
 from cmrbench.fileio import atomic_write_text
 from cmrbench.results import LEVELS, Results, load_results
@@ -94,6 +96,7 @@ class RouterView:
     matrices_std: dict[str, dict[str, Matrix]] = field(default_factory=dict)
     forward_transfer: dict[str, Stat] = field(default_factory=dict)
     slices: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)   # see cmrbench.analysis.slices
+    intervals: dict[str, dict] = field(default_factory=dict)  # see cmrbench.analysis.final_average_intervals
 
     @property
     def kind(self) -> str:
@@ -109,27 +112,33 @@ def _slug(name: str, version: str, taken: set[str]) -> str:
     return slug
 
 
-def _merged_slices(paths: list[Path], data: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """Slices of each results file (:func:`cmrbench.analysis.slices`), accuracies averaged over seeds."""
-    from cmrbench.analysis import slices
-    found = [slices(p, data) for p in paths]
-    out: dict[str, dict[str, dict[str, float]]] = {}
+def _seed_correctness(paths: list[Path], bench) -> tuple[pl.DataFrame, dict[str, dict[str, dict[str, float]]]]:
+    """Top-1 correctness per prompt averaged over a router's seeds (:func:`cmrbench.analysis.per_prompt_correct`)
+    and its slices (:func:`cmrbench.analysis.slices`, accuracies averaged over seeds); each file verified once."""
+    from cmrbench.analysis import per_prompt_correct, slices
+    correct = [per_prompt_correct(p, bench) for p in paths]
+    found = [slices(p, bench, c) for p, c in zip(paths, correct)]
+    merged: dict[str, dict[str, dict[str, float]]] = {}
     for name, groups in found[0].items():
-        out[name] = {value: {"n": g["n"], **{lv: sum(f[name][value][lv] for f in found) / len(found)
-                                             for lv in LEVELS}}
-                     for value, g in groups.items()}
-    return out
+        merged[name] = {value: {"n": g["n"], **{lv: sum(f[name][value][lv] for f in found) / len(found)
+                                                for lv in LEVELS}}
+                        for value, g in groups.items()}
+    mean = pl.concat(correct).group_by("prompt_id", "test_experience").agg(*[pl.col(lv).mean() for lv in LEVELS])
+    return mean.sort("prompt_id"), merged
 
 
 def collect(results_dir: Path, board: Leaderboard, data: Path | None = None
             ) -> tuple[list[RouterView], dict[str, dict], list[str]]:
     """Router views in board order, the exact reference rows, and notes (e.g. disagreeing reference rows);
-    with the build (``data``), each view's slices too."""
+    with the build (``data``), each view's slices and confidence intervals too, with a paired test against
+    the board's first row."""
     results_dir = Path(results_dir)
     views: list[RouterView] = []
     taken: set[str] = set()
     references: dict[str, dict] = {}
     notes: list[str] = []
+    correct: dict[str, pl.DataFrame] = {}
+    bench = None
     for entry in board.entries + board.references:
         runs = [load_results(results_dir / rel) for rel in entry.files]
         view = RouterView(slug=_slug(entry.router, entry.router_version, taken), entry=entry, runs=runs)
@@ -140,7 +149,10 @@ def collect(results_dir: Path, board: Leaderboard, data: Path | None = None
                 view.matrices[level][metric], view.matrices_std[level][metric] = mean_matrix(mats)
             view.forward_transfer[level] = stat([r.summary[level].forward_transfer for r in runs])
         if data is not None and not entry.reference_row:
-            view.slices = _merged_slices([results_dir / rel for rel in entry.files], data)
+            if bench is None:
+                from cmrbench.analysis import benchmark_for
+                bench = benchmark_for(runs[0], Path(data))
+            correct[view.slug], view.slices = _seed_correctness([results_dir / rel for rel in entry.files], bench)
         views.append(view)
         for r in runs:
             for name, levels in r.reference_rows.items():
@@ -149,6 +161,13 @@ def collect(results_dir: Path, board: Leaderboard, data: Path | None = None
                     references[name] = dumped
                 elif references[name] != dumped and f"reference row '{name}'" not in " ".join(notes):
                     notes.append(f"reference row '{name}' differs between results files; the first one is shown")
+    if correct and board.entries:
+        from cmrbench.analysis import final_average_intervals
+        best = views[0].slug
+        for view in views:
+            if view.slug in correct:
+                view.intervals = final_average_intervals(
+                    correct[view.slug], None if view.slug == best else correct[best])
     return views, references, notes
 
 
@@ -276,6 +295,69 @@ def line_chart_svg(series: list[tuple[str, str, list[float | None]]], title: str
     return "".join(out)
 
 
+KIND_COLOURS = {"reference": "#8c96a0", "zero-shot": "#2ca02c", "trained": "#1f77b4"}
+
+
+def bar_chart_svg(bars: list[tuple[str, str, float, float | None, float | None]], title: str) -> str:
+    """Horizontal bars, best first, one per router: (label, kind, value, ci_low, ci_high); whiskers mark the
+    interval when known. The axis starts at 0 and ends at the largest value (or interval end), rounded up to
+    10 points, so that close routers are told apart."""
+    bars = sorted(bars, key=lambda b: -b[2])
+    row, left, right, top = 18, 150, 60, 30
+    width, height = 560, top + row * len(bars) + 34
+    top_value = max([b[2] for b in bars] + [b[4] for b in bars if b[4] is not None] + [0.1])
+    scale = math.ceil(top_value * 10) / 10
+
+    def x(v: float) -> float:
+        return left + (width - left - right) * min(v, scale) / scale
+
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+           f'aria-label="{_e(title)}"><text x="{left}" y="16" class="svg-title">{_e(title)}</text>']
+    step = 0.1 if scale > 0.4 else 0.05
+    for k in range(int(round(scale / step)) + 1):
+        v = k * step
+        out.append(f'<line class="grid" x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{top - 4}" y2="{height - 30}"/>'
+                   f'<text x="{x(v):.1f}" y="{height - 16}" class="tick" text-anchor="middle">{100 * v:.0f}</text>')
+    for i, (label, kind, value, lo, hi) in enumerate(bars):
+        y = top + i * row
+        tip = f"{label} ({kind}): {_pct(value)}%" + (f", 95% CI {_pct(lo)}–{_pct(hi)}" if lo is not None else "")
+        out.append(f'<g class="bar"><title>{_e(tip)}</title>'
+                   f'<text x="{left - 6}" y="{y + 12}" class="tick" text-anchor="end">{_e(label)}</text>'
+                   f'<rect x="{left}" y="{y + 3}" width="{max(0.0, x(value) - left):.1f}" height="{row - 6}" '
+                   f'fill="{KIND_COLOURS.get(kind, "#999")}"/>')
+        if lo is not None and hi is not None:
+            out.append(f'<line x1="{x(lo):.1f}" x2="{x(hi):.1f}" y1="{y + row / 2:.1f}" y2="{y + row / 2:.1f}" '
+                       f'stroke="#1b1f24" stroke-width="1.2"/>')
+        end = max(x(value), x(hi) if hi is not None else 0)
+        out.append(f'<text x="{end + 4:.1f}" y="{y + 12}" class="tick">{_pct(value)}</text></g>')
+    legend_x = left
+    for kind, colour in KIND_COLOURS.items():
+        if not any(b[1] == kind for b in bars):
+            continue
+        out.append(f'<rect x="{legend_x}" y="{height - 10}" width="10" height="10" fill="{colour}"/>'
+                   f'<text x="{legend_x + 14}" y="{height - 1}" class="tick">{kind}</text>')
+        legend_x += 90
+    out.append("</svg>")
+    return "".join(out)
+
+
+def overview_svgs(views: list[RouterView]) -> str:
+    """The cross-router figures: final average accuracy of every ranked router at the model and domain level."""
+    figures = []
+    for level in ("domain", "model"):
+        bars = []
+        for v in views:
+            if v.entry.reference_row or v.entry.scores[level]["final_average_accuracy"].mean is None:
+                continue
+            ci = v.intervals.get(level, {})
+            bars.append((v.entry.router, v.kind, v.entry.scores[level]["final_average_accuracy"].mean,
+                         ci.get("ci_low"), ci.get("ci_high")))
+        if bars:
+            figures.append(f"<figure>{bar_chart_svg(bars, f'{level}-level accuracy after the last experience (%)')}"
+                           "</figure>")
+    return f'<div class="overview">{"".join(figures)}</div>' if figures else ""
+
+
 # -------------------------------------------------------------------------------------------- page
 
 TABLE_COLUMNS = [
@@ -288,6 +370,10 @@ TABLE_COLUMNS = [
                                       "all experiences (%)"),
     ("f_acc", "F-Acc", "num", "high", "family-level final average accuracy (%)"),
     ("d_acc", "D-Acc", "num", "high", "domain-level final average accuracy (%)"),
+    ("d_ci", "D 95% CI", "num", "high", "95% bootstrap interval of D-Acc: test prompts resampled within their "
+                                        "experience, correctness averaged over seeds (sorts by the lower end)"),
+    ("d_vs", "vs #1", "num", "high", "D-Acc minus the first row's, in points, with the paired bootstrap p-value "
+                                     "(same prompts resampled for both); ≈: not distinguishable from #1 at p < 0.05"),
     ("d_fgt", "D-FGT", "num", "low", "domain-level forgetting, mean_j A[j,j] - A[T,j] (%, lower is better)"),
     ("d_bwt", "D-BWT", "num", "high", "domain-level backward transfer = -forgetting (%)"),
     ("learn_s", "Learn s", "num", "low", "seconds in learn(), all experiences"),
@@ -304,6 +390,20 @@ def _kind_badge(kind: str) -> str:
     return f'<span class="badge {kind}" title="{_e(tips[kind])}">{_e(kind)}</span>'
 
 
+def _interval_cells(view: RouterView) -> list[tuple[str, str]]:
+    """The D-Acc confidence interval and the test against the first row ("–" without the build)."""
+    ci = view.intervals.get("domain")
+    if not ci:
+        return [("", "–"), ("", "–")]
+    cells = [(repr(ci["ci_low"]), f'{_pct(ci["ci_low"])}–{_pct(ci["ci_high"])}')]
+    if "p_value" not in ci:
+        return cells + [("0", "#1")]
+    p = ci["p_value"]
+    tied = ' <span class="tied" title="not distinguishable from #1 at p &lt; 0.05">≈</span>' if p >= 0.05 else ""
+    p_text = "p < 0.001" if p < 0.001 else f"p {p:.3f}"
+    return cells + [(repr(ci["diff"]), f'{100 * ci["diff"]:+.1f} <span class="std">({p_text})</span>{tied}')]
+
+
 def _entry_row(rank: int, view: RouterView) -> str:
     """One table row; ``rank`` 0 for a reference row (shown last, never ranked)."""
     e = view.entry
@@ -312,7 +412,8 @@ def _entry_row(rank: int, view: RouterView) -> str:
              (e.router, f'<a href="#{view.slug}">{_e(e.router)}</a> <span class="ver">v{_e(e.router_version)}</span>'),
              (view.kind, _kind_badge(view.kind)),
              _stat_cell(s["model"]["final_average_accuracy"]), _stat_cell(s["family"]["final_average_accuracy"]),
-             _stat_cell(s["domain"]["final_average_accuracy"]), _stat_cell(s["domain"]["forgetting"]),
+             _stat_cell(s["domain"]["final_average_accuracy"]), *_interval_cells(view),
+             _stat_cell(s["domain"]["forgetting"]),
              _stat_cell(s["domain"]["backward_transfer"]), _stat_cell(e.learn_seconds_total, percent=False),
              _stat_cell(e.latency_p50_ms, percent=False), (str(len(e.seeds)), str(len(e.seeds)))]
     tds = "".join(f'<td data-value="{_e(v)}"{" class=num" if i not in (1, 2) else ""}>{body}</td>'
@@ -327,7 +428,7 @@ def _reference_row(name: str, levels: dict) -> str:
         return ("" if v is None else repr(float(v))), _e(_pct(v))
     cells = [("", "–"), (name, f'{_e(name)} <span class="ver">exact</span>'), ("expected", _kind_badge("expected")),
              cell("model", "final_average_accuracy"), cell("family", "final_average_accuracy"),
-             cell("domain", "final_average_accuracy"), cell("domain", "forgetting"),
+             cell("domain", "final_average_accuracy"), ("", "–"), ("", "–"), cell("domain", "forgetting"),
              cell("domain", "backward_transfer"), ("", "–"), ("", "–"), ("", "–")]
     tds = "".join(f'<td data-value="{_e(v)}"{" class=num" if i not in (1, 2) else ""}>{body}</td>'
                   for i, (v, body) in enumerate(cells))
@@ -342,8 +443,15 @@ def _summary_table(view: RouterView) -> str:
         stats = [view.entry.scores[level][f] for f in SUMMARY_FIELDS] + [view.forward_transfer[level]]
         rows.append(f"<tr><th>{_e(level)}</th>" + "".join(f'<td class="num">{_stat_cell(st)[1]}</td>'
                                                           for st in stats) + "</tr>")
-    return (f'<table class="summary"><thead><tr><th>level</th>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    table = (f'<table class="summary"><thead><tr><th>level</th>{head}</tr></thead>'
+             f'<tbody>{"".join(rows)}</tbody></table>')
+    if not view.intervals:
+        return table
+    cis = " · ".join(f'{LEVEL_SHORT[lv]} {_pct(ci["ci_low"])}–{_pct(ci["ci_high"])}'
+                     + (f' ({100 * ci["diff"]:+.1f} vs #1, p {ci["p_value"]:.3f})' if "p_value" in ci else "")
+                     for lv, ci in view.intervals.items())
+    return table + f'<p class="hint">95% bootstrap intervals of the final average accuracy: {cis}</p>'
+
 
 
 def _per_experience_table(view: RouterView) -> str:
@@ -398,6 +506,9 @@ def _detail(view: RouterView) -> str:
              f"top-k {view.runs[0].top_k}", f"parameters: {_e(params)}",
              f"cmrbench {_e(', '.join(sorted({r.cmrbench_version for r in view.runs})))}",
              f"peak RSS {_e(_num(e.peak_rss_mb.mean))} MB"]
+    dates = sorted({r.run.finished_at[:10] for r in view.runs if r.run is not None})
+    if dates:
+        facts.append("run " + _e(", ".join(dates)))
     if meta.training_data:
         facts.append("extra training data: " + _e(", ".join(meta.training_data)))
     options = "".join(f'<option value="{m}"{" selected" if m == "acc@1" else ""}>{m}</option>' for m in METRICS)
@@ -453,6 +564,7 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .controls input[type=search]{padding:4px 8px;border:1px solid var(--line);border-radius:4px;min-width:220px}
 table{border-collapse:collapse}
 #leaderboard{width:100%}
+.table-wrap{overflow-x:auto}
 #leaderboard th,#leaderboard td{padding:6px 9px;border-bottom:1px solid var(--line);white-space:nowrap}
 #leaderboard thead th{background:var(--head);text-align:left;cursor:pointer;user-select:none;position:sticky;top:0}
 #leaderboard thead th:hover{background:#e8ecf0}
@@ -464,6 +576,7 @@ table{border-collapse:collapse}
 #leaderboard tr.expected{color:var(--muted);font-style:italic}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .std{color:var(--muted);font-size:12px}
+.tied{color:#17622f;font-weight:600}
 .ver{color:var(--muted);font-size:12px}
 .slice-tables{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 table.slices td,table.slices th{padding:3px 8px;border-bottom:1px solid var(--line)}
@@ -482,7 +595,7 @@ table.slices caption{text-align:left;font-weight:600;padding:2px 0}
 .desc,.facts,.hint{margin:6px 0;color:var(--muted)}
 table.summary th,table.summary td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left}
 table.summary td{text-align:right}
-.heatmaps,.curves{display:flex;flex-wrap:wrap;gap:14px}
+.heatmaps,.curves,.overview{display:flex;flex-wrap:wrap;gap:14px}
 .heatmaps[hidden]{display:none}
 figure{margin:0}
 svg text{font-family:inherit}
@@ -563,16 +676,19 @@ JS = """
   });
   var showExpected = document.getElementById('show-expected');
   var filter = document.getElementById('filter');
+  var kindFilter = document.getElementById('kind-filter');
   function applyFilters() {
-    var q = filter.value.trim().toLowerCase();
+    var q = filter.value.trim().toLowerCase(), kind = kindFilter.value;
     Array.prototype.forEach.call(tbody.rows, function (r) {
       var hide = (!showExpected.checked && r.classList.contains('expected')) ||
-        (q && r.getAttribute('data-router').toLowerCase().indexOf(q) < 0);
+        (q && r.getAttribute('data-router').toLowerCase().indexOf(q) < 0) ||
+        (kind && !r.classList.contains(kind));
       r.hidden = !!hide;
     });
   }
   showExpected.addEventListener('change', applyFilters);
   filter.addEventListener('input', applyFilters);
+  kindFilter.addEventListener('change', applyFilters);
   window.CMRBENCH_READY = true;
 })();
 """
@@ -590,7 +706,7 @@ def page_data(board: Leaderboard, views: list[RouterView], references: dict) -> 
     return {
         "leaderboard": board.model_dump(mode="json"),
         "routers": [{"slug": v.slug, "router": v.entry.router, "router_version": v.entry.router_version,
-                     "kind": v.kind, "matrices": v.matrices, "matrices_std": v.matrices_std,
+                     "kind": v.kind, "matrices": v.matrices, "matrices_std": v.matrices_std, "intervals": v.intervals,
                      "meta": v.runs[0].router.model_dump(mode="json")} for v in views],
         "reference_rows": references,
     }
@@ -639,17 +755,20 @@ def render_html(board: Leaderboard, views: list[RouterView], references: dict, n
   <div class="controls">
     <label><input type="checkbox" id="show-expected" checked> show exact reference rows</label>
     <input type="search" id="filter" placeholder="filter routers by name" aria-label="filter routers by name">
+    <label>type <select id="kind-filter"><option value="">all</option><option>trained</option>
+      <option>zero-shot</option><option>reference</option></select></label>
     <span class="meta">click a column to sort, a row for details</span>
   </div>
-  <table id="leaderboard">
+  <div class="table-wrap"><table id="leaderboard">
     <thead><tr>{"".join(heads)}</tr></thead>
     <tbody>
 {chr(10).join(rows)}
     </tbody>
-  </table>
+  </table></div>
   <p class="meta">Accuracy after the last experience (final average of Acc@1 over all experiences, %), mean ± std
   over seeds. FGT = forgetting (positive = worse), BWT = backward transfer = −FGT. <i>Expected</i> rows are the
   exact expectations the harness stores in every results file (random, most-frequent, oracle, domain-oracle).</p>
+  {overview_svgs(views)}
   {details}
 </main>
 <footer>Generated by <code>cmrbench leaderboard --html</code>. Self-contained: no network access needed.</footer>
@@ -662,12 +781,12 @@ def render_html(board: Leaderboard, views: list[RouterView], references: dict, n
 
 def render_site(results_dir: Path, out_dir: Path, sort_by: str = "domain.final_average_accuracy",
                 board: Leaderboard | None = None, data: Path | None = None) -> Path:
-    """Write ``out_dir/index.html`` (the page) and the table it links to (``leaderboard.json``, ``.csv``, ``.tex``);
-    return the page's path.
+    """Write ``out_dir/index.html`` (the page) and the tables it links to (:func:`write_tables`); return the page's
+    path.
 
     Args:
         results_dir: folder of results files, as for :func:`build_leaderboard`.
-        out_dir: created if missing; the two files are replaced atomically.
+        out_dir: created if missing; the files are replaced atomically.
         sort_by: ``LEVEL.METRIC`` that ranks the table (the page can re-sort by any column).
         board: an already built leaderboard of ``results_dir`` (built here when omitted).
         data: the dataset build the results are verified against (when ``board`` is built here) and the
@@ -681,7 +800,5 @@ def render_site(results_dir: Path, out_dir: Path, sort_by: str = "domain.final_a
     views, references, notes = collect(results_dir, board, data)
     page = out_dir / "index.html"
     atomic_write_text(page, render_html(board, views, references, notes))
-    atomic_write_text(out_dir / "leaderboard.json", board.model_dump_json(indent=2) + "\n")
-    atomic_write_text(out_dir / "leaderboard.csv", to_csv(board))
-    atomic_write_text(out_dir / "leaderboard.tex", to_latex(board))
+    write_tables(board, out_dir)
     return page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from dataclasses import replace
@@ -150,7 +151,7 @@ def test_malformed_and_incomplete_rows_are_quarantined_with_counts(broken_mirror
     q = manifest["quarantine"]
     assert q["empty prompt"] >= 1 and q["unknown domain"] >= 1 and q["missing field: model_name"] >= 1
     assert q["malformed JSON (Expecting property name enclosed in double quotes)"] == 1
-    quarantined = (tmp_path / "out/quarantine.jsonl").read_text()
+    quarantined = gzip.decompress((tmp_path / "out/quarantine.jsonl.gz").read_bytes()).decode()
     assert "cmr-release/processed/cleaned-mllm-val.json:1" in quarantined
 
 

@@ -225,6 +225,25 @@ def test_bootstrap_chunking_and_determinism(monkeypatch):
     assert 0.0 < r2["p_value"] <= 1.0 and r2["ci_low"] <= r2["mean_diff"] <= r2["ci_high"]
 
 
+def test_stratified_bootstrap_is_of_the_mean_over_strata():
+    """With strata (a prompt's test experience) the statistic is the final average accuracy: the mean over
+    experiences of each one's accuracy, however unequal their sizes; one stratum is the plain bootstrap."""
+    rng = np.random.default_rng(2)
+    a = (rng.random(300) < 0.6).astype(int)
+    b = (rng.random(300) < 0.5).astype(int)
+    strata = np.repeat([1, 2, 3], [200, 60, 40])
+    r = paired_bootstrap(a, b, n_resamples=2000, seed=1, strata=strata)
+    per = [(a[strata == s] - b[strata == s]).mean() for s in (1, 2, 3)]
+    assert r["mean_diff"] == pytest.approx(np.mean(per)) and r["mean_diff"] != pytest.approx((a - b).mean())
+    assert r["mean_a"] == pytest.approx(np.mean([a[strata == s].mean() for s in (1, 2, 3)]))
+    assert r["ci_low"] < r["mean_diff"] < r["ci_high"]
+    assert paired_bootstrap(a, b, n_resamples=300, seed=4, strata=np.zeros(300)) == \
+        paired_bootstrap(a, b, n_resamples=300, seed=4)
+    assert paired_bootstrap(a, a, n_resamples=300, strata=strata)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="one label per prompt"):
+        paired_bootstrap(a, b, strata=strata[:10])
+
+
 def test_bootstrap_validation():
     with pytest.raises(ValueError):
         paired_bootstrap(np.array([1, 0]), np.array([1]))

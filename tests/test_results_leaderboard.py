@@ -55,10 +55,10 @@ def test_leaderboard_merges_seeds_and_ranks(runs, synthetic_hub, tmp_path):
     assert random_entry.seeds == [0, 1] and random_entry.scores["domain"]["final_average_accuracy"].n == 2
     md = to_markdown(board)
     assert "| – | domain-oracle | reference |" in md and "| 1 | " not in md
-    assert main(["leaderboard", str(runs), "--out", str(tmp_path / "lb.json"), "--data", str(synthetic_hub)]) == 0
-    written = json.loads((tmp_path / "lb.json").read_text())
+    assert main(["leaderboard", str(runs), "--out", str(tmp_path / "lb"), "--data", str(synthetic_hub)]) == 0
+    written = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
     assert written["references"][0]["router"] == "domain-oracle"
-    assert (tmp_path / "lb.md").read_text() == md
+    assert (tmp_path / "lb" / "leaderboard.md").read_text() == md
 
 
 def test_seeds_with_different_settings_are_not_merged(runs, synthetic_hub, tmp_path):
@@ -104,7 +104,7 @@ def test_slices_and_show(runs, synthetic_hub, capsys):
     found = slices(path, synthetic_hub)
     bench = Benchmark(synthetic_hub)
     n = sum(bench.test_set(j).height for j in range(1, bench.n_experiences + 1))
-    overall = per_prompt_correct(path, bench)["model"]["correct"].mean()
+    overall = per_prompt_correct(path, bench)["model"].mean()
     for name, groups in found.items():
         assert sum(g["n"] for g in groups.values()) == n, name          # every slice partitions the prompts
         assert sum(g["n"] * g["model"] for g in groups.values()) / n == pytest.approx(overall)

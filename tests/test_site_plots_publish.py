@@ -35,7 +35,6 @@ import pytest
 from cmrbench.data import Benchmark
 from cmrbench.harness import evaluate
 from cmrbench.leaderboard.board import LEADERBOARD_SCHEMA_VERSION, build_leaderboard
-from cmrbench.leaderboard.cli import add_html_option
 from cmrbench.leaderboard.cli import main as lb_main
 from cmrbench.leaderboard.publish import PublishError, plan_upload
 from cmrbench.leaderboard.site import render_site
@@ -332,6 +331,19 @@ def test_page_in_headless_chromium(results_dir, synthetic_hub, tmp_path):
                    "f.dispatchEvent(new Event('input'))")
         assert browser.js(f"{ROWS_JS}.map(r => r.dataset.router)") == ["memo"]
         browser.js("const g = document.getElementById('filter'); g.value = ''; g.dispatchEvent(new Event('input'))")
+        browser.js("const k = document.getElementById('kind-filter'); k.value = 'trained'; "
+                   "k.dispatchEvent(new Event('change'))")
+        assert browser.js(f"{ROWS_JS}.map(r => r.dataset.router)") == ["memo"]
+        browser.js("const k2 = document.getElementById('kind-filter'); k2.value = ''; "
+                   "k2.dispatchEvent(new Event('change'))")
+        # intervals in the table, the first row marked as the one the others are tested against
+        vs = dict(v.split("|") for v in column("d_vs"))
+        assert vs[entries[0]] == "0" and float(vs[entries[1]]) <= 0
+        assert sorted(r for r, v in (c.split("|") for c in column("d_ci")) if v) == sorted(entries)
+        # the cross-router figures: one bar per ranked router at each of two levels, best first
+        bars = browser.js("Array.from(document.querySelectorAll('.overview svg')).map(s => "
+                          "Array.from(s.querySelectorAll('g.bar text')).map(t => t.textContent))")
+        assert len(bars) == 2 and all(len(b) == 2 * len(entries) for b in bars)
 
         # open the trained router's details by clicking its row
         memo = next(r for r in data["routers"] if r["router"] == "memo")
@@ -386,19 +398,35 @@ def test_page_in_headless_chromium(results_dir, synthetic_hub, tmp_path):
             shutil.copy(png, Path(keep) / png.name)
 
 
-def test_leaderboard_html_option(results_dir, synthetic_hub, tmp_path, capsys):
-    from cmrbench.cli import build_parser
-    parser = build_parser()
-    sub = next(a for a in parser._subparsers._group_actions if a.choices and "leaderboard" in a.choices)
-    lb = sub.choices["leaderboard"]
-    if not any("--html" in a.option_strings for a in lb._actions):  # not wired into cmrbench/cli.py yet
-        add_html_option(lb)
-    args = parser.parse_args(["leaderboard", str(results_dir), "--out", str(tmp_path / "lb.json"),
-                              "--html", str(tmp_path / "site"), "--data", str(synthetic_hub)])
-    assert args.func(args) == 0
-    assert (tmp_path / "lb.json").is_file() and (tmp_path / "lb.md").is_file()
-    assert (tmp_path / "site" / "index.html").is_file()
-    assert "leaderboard page:" in capsys.readouterr().out
+def test_leaderboard_writes_one_folder(results_dir, synthetic_hub, tmp_path, capsys):
+    from cmrbench.cli import main
+    assert main(["leaderboard", str(results_dir), "--out", str(tmp_path / "site"), "--html",
+                 "--data", str(synthetic_hub)]) == 0
+    assert {p.name for p in (tmp_path / "site").iterdir()} == {
+        "index.html", "leaderboard.json", "leaderboard.md", "leaderboard.csv", "leaderboard.tex"}
+    assert "index.html" in capsys.readouterr().out
+    # --out names a folder on every command: a file name is refused before anything is verified or written
+    assert main(["leaderboard", str(results_dir), "--out", str(tmp_path / "lb.json"), "--data", str(synthetic_hub)]) == 1
+    assert "--out is the folder" in capsys.readouterr().err and not (tmp_path / "lb.json").exists()
+
+
+def test_page_intervals_match_the_table(results_dir, synthetic_hub):
+    """The page's 95% intervals are of the number the table shows (the final average accuracy), and the first
+    row's paired test against itself is not run."""
+    from cmrbench.leaderboard.site import collect
+    board = build_leaderboard(results_dir, data=synthetic_hub)
+    views, _, _ = collect(results_dir, board, synthetic_hub)
+    ranked = [v for v in views if not v.entry.reference_row]
+    assert [v.entry.router for v in ranked] == [e.router for e in board.entries] and len(ranked) == 2
+    for v in ranked:
+        for level, ci in v.intervals.items():
+            shown = v.entry.scores[level]["final_average_accuracy"].mean
+            assert ci["mean"] == pytest.approx(shown) and ci["ci_low"] <= shown <= ci["ci_high"]
+    assert "p_value" not in ranked[0].intervals["domain"]
+    second = ranked[1].intervals["domain"]
+    first_d = board.entries[0].scores["domain"]["final_average_accuracy"].mean
+    assert second["diff"] == pytest.approx(board.entries[1].scores["domain"]["final_average_accuracy"].mean - first_d)
+    assert 0 < second["p_value"] <= 1
 
 
 # ------------------------------------------------------------------------------------------ plots
