@@ -506,6 +506,10 @@ def _detail(view: RouterView) -> str:
              f"top-k {view.runs[0].top_k}", f"parameters: {_e(params)}",
              f"cmrbench {_e(', '.join(sorted({r.cmrbench_version for r in view.runs})))}",
              f"peak RSS {_e(_num(e.peak_rss_mb.mean))} MB"]
+    sizes = view.runs[0].router.statistics
+    if "parameters" in sizes:
+        facts.append(f"{sizes['parameters']:,} parameters"
+                     + (f" ({sizes['trainable_parameters']:,} trained)" if "trainable_parameters" in sizes else ""))
     dates = sorted({r.run.finished_at[:10] for r in view.runs if r.run is not None})
     if dates:
         facts.append("run " + _e(", ".join(dates)))

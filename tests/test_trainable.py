@@ -80,6 +80,8 @@ def test_every_strategy_runs_end_to_end(name, hub, small, tmp_path):
     assert res.router.name == name
     assert res.router.parameters["epochs"] == 3 and res.router.parameters["seed"] == 0
     assert len(router.history) == 3
+    sizes = res.router.statistics      # reported for the leaderboard page
+    assert 0 < sizes["trainable_parameters"] <= sizes["parameters"]
     checkpoints = list((tmp_path / "runs").glob("*.checkpoints/after_3/router.json"))
     assert len(checkpoints) == 1
 

@@ -332,6 +332,9 @@ class TrainableRouter:
                                 log=lambda msg: log.info("%s, experience %d: %s", self.meta.name, t, msg))
             self.end_experience(experience, current, examples)
             self.finished = t
+            # sizes for readers of the results (the leaderboard page shows them); the registry grows each time
+            self.meta.statistics.update(parameters=sum(p.numel() for p in net.parameters()),
+                                        trainable_parameters=sum(p.numel() for p in net.parameters() if p.requires_grad))
             self.history.append({"experience": t, **stats.as_dict(),
                                  "seconds_total": round(time.perf_counter() - start, 3)})
 
