@@ -1,6 +1,6 @@
 """Black-box systems: predictions computed elsewhere, read from a folder.
 
-Folder format (documented in the README):
+Folder format (documented in docs/protocol.md, "Naming a router"):
 
 - ``meta.json``: a RouterMeta object, e.g. ``{"name": "my-system", "zero_shot": false}``;
 - ``after_experience_<t>.jsonl`` for t = 1..T: one line per test prompt of experiences 1..t, routed by

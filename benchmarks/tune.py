@@ -8,7 +8,7 @@ Every row runs ``cmrbench evaluate --eval-split validation`` (seed 0) in its own
 ``bench_trainable.run_entry``: each experience's validation prompts are scored and withheld from the router,
 so no choice here looks at a test prompt. Results go to ``benchmarks/out/validation.json``. Rows are grouped
 by the question they answer; the configs in ``baselines/configs/`` and the routers' defaults record the
-answers (see README, "How the settings were chosen").
+answers (see docs/results.md, "How the settings were chosen").
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "naive/cards": ("naive", CARDS, "+ new models' cards as training examples"),
     "naive/cards+prior": ("naive", CARDS + ["prior_weight=0.5"], "+ ncm prior, weight 0.5"),
     "replay-20/cards": ("replay-20", CARDS, "replay 20 %, cards"),
-    # what makes them forget: the full softmax pushes old rows down (README); the asymmetric cross-entropy
+    # what makes them forget: the full softmax pushes old rows down (docs/results.md); the asymmetric cross-entropy
     "naive/cards+ace": ("naive", ACE, "current prompts scored against this experience's models only (ER-ACE)"),
     "replay-20/cards+ace": ("replay-20", ACE, "replay 20 %, ACE"),
     "ewc/cards+ace": ("ewc", ACE, "EWC, ACE"),

@@ -169,7 +169,7 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
                         "off leaderboards")
     p.add_argument("--isolate", action="store_true",
                    help="run the router in a worker process that never holds test labels or the build's path; its "
-                        "crash, exit or hang is an error and time-outs kill it (see README, 'Reliability')")
+                        "crash, exit or hang is an error and time-outs kill it (see docs/protocol.md, 'Reliability')")
     p.add_argument("--resume", action="store_true", help="continue a run from its last finished experience")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run with the same name")
     _progress_arg(p)

@@ -25,7 +25,7 @@ TEST_COLUMNS = ["prompt_id", "prompt", "model_id", "family", "domain", "experien
 
 
 def default_data_dir() -> Path:
-    """Where `cmrbench build` writes by default (never a folder named plain `cmrbench`, see README)."""
+    """Where `cmrbench build` writes by default: the user cache folder, named by dataset version (cmrbench-v1)."""
     import platformdirs
 
     from . import DATASET_VERSION

@@ -21,7 +21,7 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "leaderboard" / "schema"
 
 def test_committed_schemas_match_the_code():
     assert (SCHEMAS / "results.schema.json").read_text() == results_json_schema(), \
-        "regenerate leaderboard/schema/*.json (see README, 'Results files')"
+        "regenerate leaderboard/schema/*.json (see docs/metrics.md, 'Results and leaderboard')"
     assert (SCHEMAS / "leaderboard.schema.json").read_text() == leaderboard_json_schema()
     assert (SCHEMAS / "manifest.schema.json").read_text() == manifest_json_schema()
 
