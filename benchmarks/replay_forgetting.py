@@ -34,7 +34,7 @@ def buffered_models(bench: Benchmark, seed: int, fraction: int) -> set[str]:
     router = (replay_10 if fraction == 10 else replay_20)(seed=seed)
     for experience in bench.train_stream:
         router.end_experience(experience, router.current_examples(experience), None)
-    return set(router.buffer.frame()["model_id"].to_list())
+    return set(router.plugin("replay").buffer.frame()["model_id"].to_list())
 
 
 def top1(frame: pl.DataFrame, labels: dict[str, set[str]] | None) -> float:

@@ -49,12 +49,14 @@ def test_phase_one_freezes_the_backbone_and_boosts_replay(bench):
     router.learn(bench.train_stream[0])
     seen = []
 
+    phase = router.plugin("two-phase")
+
     class Spy(TwoPhase):
         def __call__(self, trainer, step, total):
             super().__call__(trainer, step, total)
-            seen.append((step, trainer.trainable["backbone"], router.in_phase1, trainer.extra_weight is not None))
+            seen.append((step, trainer.trainable["backbone"], phase.in_phase1, trainer.extra_weight is not None))
 
-    router.callbacks = lambda experience: [Spy(router)]
+    router.callbacks = lambda experience: [Spy(router.cfg, phase)]
     before = {k: v.clone() for k, v in router.net.tracked_parameters().items() if router.net.group_of(k) == "backbone"}
     router.learn(bench.train_stream[1])
     boundary = next(step for step, _, phase1, _ in seen if not phase1)
@@ -80,7 +82,7 @@ def test_candidate_and_batch_switches(bench):
     plain = carve_10(seed=0, **{**TINY, "candidates": "all", "domains_per_batch": 0})
     plain.learn(exp)
     assert isinstance(plain.candidate_sampler(exp, exp.train), AllModels)
-    frame = plain.training_frame
+    frame = plain.training_examples(exp, plain.current_examples(exp))
     plain_batches = plain.batch_sampler(exp)(frame, 0, torch.Generator().manual_seed(0))
     assert plain_batches == shuffled_batches(TINY["batch_size"])(frame, 0, torch.Generator().manual_seed(0))
     assert router.batch_sampler(exp)(frame, 0, torch.Generator().manual_seed(0)) != plain_batches

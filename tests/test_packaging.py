@@ -26,7 +26,8 @@ def test_wheel_layout(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for must in ("cmrbench/builders/assemble.py", "cmrbench/baselines/reference.py",
                  "cmrbench/leaderboard/board.py", "cmrbench/data_cards/dataset_card.md",
-                 "cmrbench/leaderboard/schema/results.schema.json"):
+                 "cmrbench/leaderboard/schema/results.schema.json", "cmrbench/baselines/configs/carve.yaml",
+                 "cmrbench/baselines/configs/plugins/anchoring.yaml"):
         assert must in names, must
     tops = {n.split("/")[0] for n in names}
     assert not tops & {"builders", "baselines", "leaderboard", "data_cards", "tests"}
@@ -44,6 +45,8 @@ def test_wheel_installs_into_a_fresh_venv_and_imports(wheel, tmp_path):
     code = ("import sys; sys.path.append(%r)\n"
             "import cmrbench.builders, cmrbench.baselines, cmrbench.leaderboard, cmrbench.builders.huggingbench\n"
             "from cmrbench.builders.card import render_card\n"
+            "from cmrbench.baselines.trainable.config import load_config\n"
+            "assert load_config('carve')['anchoring'] == 'both'  # a strategy's plugin settings ship too\n"
             "assert cmrbench.builders.__file__.startswith(%r), cmrbench.builders.__file__\n"
             "import importlib.util\n"
             "assert importlib.util.find_spec('builders') is None and importlib.util.find_spec('baselines') is None\n"

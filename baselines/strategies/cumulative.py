@@ -19,58 +19,64 @@ from typing import Any
 
 import polars as pl
 
-from cmrbench.baselines.trainable.router import TrainableRouter
+from cmrbench.baselines.trainable.plugins import StrategyPlugin, register_plugin
+from cmrbench.baselines.trainable.router import TrainableRouter, strategy
 from cmrbench.baselines.trainable.training import seeded_generator
 from cmrbench.data import Experience
 
 
-class CumulativeRouter(TrainableRouter):
-    """Trains on every train set seen so far at each experience, continuing from the previous weights."""
+@register_plugin("cumulative")
+class CumulativePlugin(StrategyPlugin):
+    """Adds every earlier experience's examples to the training set, continuing from the previous weights."""
 
-    config_name = "cumulative"
-    description = "embedding router trained at each experience on the union of all train sets seen so far"
-
-    def __init__(self, seed: int = 0, config: str | None = None, name: str | None = None, **overrides: Any):
-        super().__init__(seed=seed, config=config, name=name, **overrides)
+    def __init__(self, router: TrainableRouter):
         self.seen: dict[int, pl.DataFrame] = {}
 
-    def training_examples(self, experience: Experience, current: pl.DataFrame) -> pl.DataFrame:
+    def training_examples(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame,
+                          examples: pl.DataFrame) -> pl.DataFrame:
         old = [self.seen[t] for t in sorted(self.seen) if t < experience.current_experience]
-        return pl.concat(old + [current], how="vertical_relaxed") if old else current
+        return pl.concat(old + [examples], how="vertical_relaxed") if old else examples
 
-    def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame) -> None:
+    def after_experience(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame,
+                         trained_on: pl.DataFrame | None) -> None:
         self.seen[experience.current_experience] = current
 
-    def extra_state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         return {"frames": {f"seen_{t}": f for t, f in self.seen.items()}}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, router: TrainableRouter, state: dict[str, Any]) -> None:
         self.seen = {int(k.split("_", 1)[1]): f for k, f in state.get("frames", {}).items() if k.startswith("seen_")}
 
 
-class JointRouter(CumulativeRouter):
-    """Cumulative until the last experience, then trained from scratch on all train sets at once."""
+@register_plugin("joint")
+class JointPlugin(StrategyPlugin):
+    """At the last experience: every tracked parameter back to its initial value, fresh registry rows, then
+    ``joint_epochs`` epochs on the training set (with ``cumulative`` before it: every train set)."""
 
-    config_name = "joint"
-    description = ("joint training upper bound: from scratch on the union of all train sets at the last "
-                   "experience (cumulative before it)")
-
-    def is_joint_step(self, experience: Experience) -> bool:
+    @staticmethod
+    def is_joint_step(experience: Experience) -> bool:
         return experience.current_experience == experience.n_experiences
 
-    def begin_experience(self, experience: Experience, current: pl.DataFrame) -> None:
+    def __init__(self, router: TrainableRouter):
+        pass
+
+    def before_experience(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame) -> None:
         if not self.is_joint_step(experience):
             return
-        net = self.ensure_net()
-        state = dict(self.base)
+        net = router.ensure_net()
+        state = dict(router.base)
         # fresh rows for every model, as a new router would draw them
         registry = net.registry
         fresh = type(registry)(registry.dim)
         fresh.extend(registry.ids, experience=experience.current_experience,
-                     generator=seeded_generator(self.seed, 0, 3))
+                     generator=seeded_generator(router.seed, 0, 3))
         state["registry.weight"] = fresh.weight.detach()
         net.load_tracked(state)
-        self.initialise_rows(experience, self.training_examples(experience, current), list(range(len(registry))))
+        router.initialise_rows(experience, router.training_examples(experience, current), list(range(len(registry))))
 
-    def epochs(self, experience: Experience) -> int:
-        return int(self.cfg["joint_epochs"] if self.is_joint_step(experience) else self.cfg["epochs"])
+    def epochs(self, router: TrainableRouter, experience: Experience) -> int | None:
+        return int(router.cfg["joint_epochs"]) if self.is_joint_step(experience) else None
+
+
+cumulative = strategy("cumulative", "cumulative", "Trains on every train set seen so far at each experience.")
+joint = strategy("joint", "joint", "Cumulative until the last experience, then from scratch on all train sets.")

@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 import torch
 
-from cmrbench.baselines.trainable.router import TrainableRouter
+from cmrbench.baselines.trainable.plugins import StrategyPlugin, register_plugin
+from cmrbench.baselines.trainable.router import TrainableRouter, strategy
 from cmrbench.baselines.trainable.training import RouterNet, StepContext, routing_loss, seeded_generator
 from cmrbench.data import Experience
 
@@ -77,27 +78,25 @@ class EWCPenalty:
         return self.lam * ewc_penalty(ctx.net.tracked_parameters(), self.anchor, self.fisher)
 
 
-class EWCRouter(TrainableRouter):
-    """Sequential fine-tuning with an online-EWC penalty (Fisher decay ``ewc_decay``, strength ``ewc_lambda``)."""
+@register_plugin("ewc")
+class EWCPlugin(StrategyPlugin):
+    """Online-EWC penalty (Fisher decay ``ewc_decay``, strength ``ewc_lambda``) against the previous experience."""
 
-    config_name = "ewc"
-    description = "embedding router with online EWC (diagonal Fisher, decayed) against the previous experience"
-
-    def __init__(self, seed: int = 0, config: str | None = None, name: str | None = None, **overrides: Any):
-        super().__init__(seed=seed, config=config, name=name, **overrides)
+    def __init__(self, router: TrainableRouter):
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
 
-    def loss_hooks(self, experience: Experience) -> list:
+    def loss_hooks(self, router: TrainableRouter, experience: Experience) -> list:
         if not self.fisher:
             return []
-        return [EWCPenalty(self.cfg["ewc_lambda"], self.anchor, self.fisher)]
+        return [EWCPenalty(router.cfg["ewc_lambda"], self.anchor, self.fisher)]
 
-    def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame) -> None:
-        net = self.ensure_net()
-        new = estimate_fisher(net, current, self.cfg["batch_size"], self.cfg["ewc_fisher_examples"],
-                              self.seed * 1000 + experience.current_experience)
-        decay = float(self.cfg["ewc_decay"])
+    def after_experience(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame,
+                         trained_on: pl.DataFrame | None) -> None:
+        net = router.ensure_net()
+        new = estimate_fisher(net, current, router.cfg["batch_size"], router.cfg["ewc_fisher_examples"],
+                              router.seed * 1000 + experience.current_experience)
+        decay = float(router.cfg["ewc_decay"])
         for name, f in new.items():
             old = self.fisher.get(name)
             if old is not None:
@@ -110,11 +109,14 @@ class EWCRouter(TrainableRouter):
         self.fisher = new
         self.anchor = net.snapshot()
 
-    def extra_state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         return {"tensors": {**{f"fisher::{n}": f for n, f in self.fisher.items()},
                             **{f"anchor::{n}": a for n, a in self.anchor.items()}}}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, router: TrainableRouter, state: dict[str, Any]) -> None:
         tensors = state.get("tensors", {})
         self.fisher = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith("fisher::")}
         self.anchor = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith("anchor::")}
+
+
+ewc = strategy("ewc", "ewc", "Sequential fine-tuning with an online-EWC penalty.")

@@ -15,7 +15,8 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from cmrbench.baselines.trainable.router import TrainableRouter
+from cmrbench.baselines.trainable.plugins import StrategyPlugin, register_plugin
+from cmrbench.baselines.trainable.router import TrainableRouter, strategy
 from cmrbench.baselines.trainable.training import StepContext
 from cmrbench.data import Experience
 
@@ -33,52 +34,59 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 class LwFLoss:
+    """The distillation term on the examples of a batch the teacher scored (found by prompt id, so examples other
+    plugins add, before or after, are simply not distilled)."""
+
     name = "lwf"
 
-    def __init__(self, teacher_logits: torch.Tensor, old_rows: int, temperature: float, alpha: float,
-                 only_old: torch.Tensor | None):
+    def __init__(self, teacher_logits: torch.Tensor, prompt_ids: list[str], old_rows: int, temperature: float,
+                 alpha: float, only_old: torch.Tensor | None):
         self.teacher = teacher_logits            # (n_examples, old_rows)
+        self.position = {p: i for i, p in enumerate(prompt_ids)}
         self.old_rows = old_rows
         self.temperature = temperature
         self.alpha = alpha
         self.only_old = only_old                 # (n_examples,) bool mask of examples to distil, or None
 
     def __call__(self, ctx: StepContext) -> torch.Tensor | None:
-        rows = torch.as_tensor(ctx.batch.rows)
+        found = torch.tensor([self.position.get(p, -1) for p in ctx.batch.frame["prompt_id"].to_list()])
+        keep = found >= 0
         if self.only_old is not None:
-            keep = self.only_old[rows]
-            if not bool(keep.any()):
-                return None
-            rows = rows[keep]
-            z = ctx.z[keep.to(ctx.z.device)]
-        else:
-            z = ctx.z
+            keep &= self.only_old[found.clamp(min=0)]
+        if not bool(keep.any()):
+            return None
+        z = ctx.z if bool(keep.all()) else ctx.z[keep.to(ctx.z.device)]
         student = z @ ctx.net.registry.normalized()[:self.old_rows].T / ctx.net.tau
-        teacher = self.teacher[rows].to(student.device)
+        teacher = self.teacher[found[keep]].to(student.device)
         return self.alpha * distillation_loss(student, teacher, self.temperature)
 
 
-class LwFRouter(TrainableRouter):
-    """Sequential fine-tuning plus distillation of the previous router's scores over the old models."""
+@register_plugin("lwf")
+class LwFPlugin(StrategyPlugin):
+    """Distillation of the previous router's scores over the old models."""
 
-    config_name = "lwf"
-    description = "embedding router with LwF: distillation of the previous router's scores over old models"
+    def __init__(self, router: TrainableRouter):
+        self.hook: LwFLoss | None = None
 
-    def begin_experience(self, experience: Experience, current: pl.DataFrame) -> None:
-        self._hook = None
-        if self.previous is None or self.previous.n_models == 0:
+    def before_experience(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame) -> None:
+        self.hook = None
+        if router.previous is None or router.previous.n_models == 0:
             return
-        net = self.ensure_net()
-        old = self.previous.n_models
-        # the examples are those training_examples returns: the current ones (no replay in LwF)
+        net = router.ensure_net()
+        old = router.previous.n_models
+        # the teacher scores this experience's own examples (examples other plugins add are not distilled)
         with torch.no_grad():
-            z = net.encode(current["prompt"].to_list(), self.cfg["eval_batch_size"])
+            z = net.encode(current["prompt"].to_list(), router.cfg["eval_batch_size"])
             teacher = (z @ net.registry.normalized()[:old].T / net.tau).cpu()
         only_old = None
-        if self.cfg["lwf_only_old_examples"]:
+        if router.cfg["lwf_only_old_examples"]:
             old_ids = set(net.registry.ids[:old])
             only_old = torch.tensor([m in old_ids for m in current["model_id"].to_list()], dtype=torch.bool)
-        self._hook = LwFLoss(teacher, old, self.cfg["lwf_temperature"], self.cfg["lwf_alpha"], only_old)
+        self.hook = LwFLoss(teacher, current["prompt_id"].to_list(), old, router.cfg["lwf_temperature"],
+                            router.cfg["lwf_alpha"], only_old)
 
-    def loss_hooks(self, experience: Experience) -> list:
-        return [self._hook] if getattr(self, "_hook", None) is not None else []
+    def loss_hooks(self, router: TrainableRouter, experience: Experience) -> list:
+        return [self.hook] if self.hook is not None else []
+
+
+lwf = strategy("lwf", "lwf", "Sequential fine-tuning with Learning without Forgetting.")

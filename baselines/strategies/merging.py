@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import polars as pl
 import torch
 
-from cmrbench.baselines.trainable.router import TrainableRouter
+from cmrbench.baselines.trainable.plugins import StrategyPlugin, register_plugin
+from cmrbench.baselines.trainable.router import TrainableRouter, strategy
 from cmrbench.baselines.trainable.training import seeded_generator
 from cmrbench.data import Experience
 
@@ -97,36 +98,34 @@ def merge_deltas(deltas: Sequence[dict[str, torch.Tensor]], method: str, *, dens
     return out
 
 
-class MergingRouter(TrainableRouter):
+@register_plugin("merging")
+class MergingPlugin(StrategyPlugin):
     """One router per experience from the same base; deltas merged at test time (average / TIES / DARE)."""
 
-    config_name = "merging"
-    description = "one embedding router per experience trained from the same base, merged at test time"
-
-    def __init__(self, seed: int = 0, config: str | None = None, name: str | None = None, **overrides: Any):
-        super().__init__(seed=seed, config=config, name=name, **overrides)
-        if self.cfg["merge_method"] not in METHODS:
+    def __init__(self, router: TrainableRouter):
+        if router.cfg["merge_method"] not in METHODS:
             raise ValueError(f"merge_method must be one of {METHODS}")
         self.deltas: dict[int, dict[str, torch.Tensor]] = {}    # experience -> tracked delta (no registry)
         self.row_init: torch.Tensor | None = None                # initial value of every registry row
         self.rows: torch.Tensor | None = None                    # assembled registry (latest trainer wins)
         self.row_source: list[int] = []                          # experience whose weights gave each row (0 = init)
 
-    def begin_experience(self, experience: Experience, current: pl.DataFrame) -> None:
-        net = self.ensure_net()
+    def before_experience(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame) -> None:
+        net = router.ensure_net()
         weight = net.registry.weight.detach().cpu()
         n_old = 0 if self.row_init is None else self.row_init.shape[0]
         init = weight.clone() if self.row_init is None else torch.cat([self.row_init, weight[n_old:].clone()])
         self.row_init = init
-        state = {n: v for n, v in self.base.items() if n != "registry.weight"}
+        state = {n: v for n, v in router.base.items() if n != "registry.weight"}
         state["registry.weight"] = init
         net.load_tracked(state)                  # the same base for every experience
 
-    def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame) -> None:
-        net = self.ensure_net()
+    def after_experience(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame,
+                         trained_on: pl.DataFrame | None) -> None:
+        net = router.ensure_net()
         t = experience.current_experience
         params = net.tracked_parameters()
-        self.deltas[t] = {n: (params[n].detach() - self.base[n]).cpu() for n in params if n != "registry.weight"}
+        self.deltas[t] = {n: (params[n].detach() - router.base[n]).cpu() for n in params if n != "registry.weight"}
         rows = self.row_init.clone() if self.rows is None else torch.cat(
             [self.rows, self.row_init[self.rows.shape[0]:]])
         source = self.row_source + [0] * (rows.shape[0] - len(self.row_source))
@@ -135,28 +134,28 @@ class MergingRouter(TrainableRouter):
         for r in trained:
             source[r] = t
         self.rows, self.row_source = rows, source
-        self.install()
+        self.install(router)
 
-    def install(self) -> None:
+    def install(self, router: TrainableRouter) -> None:
         """Put base + merge(deltas) and the assembled registry rows into the network."""
-        net = self.ensure_net()
+        net = router.ensure_net()
         order = sorted(self.deltas)
-        merged = merge_deltas([self.deltas[t] for t in order], self.cfg["merge_method"],
-                              density=self.cfg["merge_density"],
-                              weights=None if self.cfg["merge_weights"] == "auto" else
-                              [float(w) for w in str(self.cfg["merge_weights"]).split(",")][:len(order)],
-                              seed=self.seed)
-        state = {n: self.base[n] + merged[n].to(self.base[n].device) for n in merged}
+        c = router.cfg
+        merged = merge_deltas([self.deltas[t] for t in order], c["merge_method"], density=c["merge_density"],
+                              weights=None if c["merge_weights"] == "auto" else
+                              [float(w) for w in str(c["merge_weights"]).split(",")][:len(order)],
+                              seed=router.seed)
+        state = {n: router.base[n] + merged[n].to(router.base[n].device) for n in merged}
         state["registry.weight"] = self.rows
         net.load_tracked(state)
 
-    def extra_state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         tensors = {f"delta::{t}::{n}": v for t, d in self.deltas.items() for n, v in d.items()}
         tensors["row_init"] = self.row_init
         tensors["rows"] = self.rows
         return {"tensors": tensors, "json": {"row_source": self.row_source}}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, router: TrainableRouter, state: dict[str, Any]) -> None:
         tensors = state.get("tensors", {})
         self.deltas = {}
         for key, value in tensors.items():
@@ -167,19 +166,10 @@ class MergingRouter(TrainableRouter):
         self.rows = tensors.get("rows")
         self.row_source = list(state.get("json", {}).get("row_source", []))
         if self.deltas:
-            self.install()
+            self.install(router)
 
 
-def _factory(method: str, name: str):
-    def make(seed: int = 0, **overrides: Any) -> MergingRouter:
-        overrides.setdefault("merge_method", method)
-        overrides.setdefault("name", name)
-        return MergingRouter(seed=seed, **overrides)
-    make.__name__ = name.replace("-", "_")
-    make.__doc__ = f"Model merging by {method} of per-experience routers trained from the same base."
-    return make
-
-
-merge_average = _factory("average", "merge-avg")
-merge_ties = _factory("ties", "merge-ties")
-merge_dare = _factory("dare", "merge-dare")
+merge_average = strategy("merging", "merge-avg", "Model merging by averaging per-experience routers.",
+                         merge_method="average")
+merge_ties = strategy("merging", "merge-ties", "Model merging by TIES of per-experience routers.", merge_method="ties")
+merge_dare = strategy("merging", "merge-dare", "Model merging by DARE of per-experience routers.", merge_method="dare")

@@ -5,10 +5,11 @@
 - :mod:`.registry` — the append-only model registry (ids never re-indexed).
 - :mod:`.training` — :class:`RouterNet` (cosine / tau scoring), the training loop and its hooks
   (candidate samplers, batch samplers, loss hooks, callbacks).
-- :mod:`.router` — :class:`TrainableRouter`, the protocol implementation every strategy subclasses.
+- :mod:`.router` — :class:`TrainableRouter`, the protocol implementation; a strategy is its plugin list.
+- :mod:`.plugins` — the strategy plugin hooks and their registry.
 - :mod:`.replay` — replay buffers with pluggable selection.
 - :mod:`.generative` — the Gorilla-style generative router.
 - :mod:`.config` — per-strategy YAML configurations (``cmrbench/baselines/configs``).
 
-The continual strategies built on it live in :mod:`cmrbench.baselines.strategies`.
+The continual strategies' plugins live in :mod:`cmrbench.baselines.strategies` and :mod:`cmrbench.baselines.carve`.
 """

@@ -1,10 +1,12 @@
 """Hyper-parameters of the trainable routers: small YAML files per strategy, merged over ``base.yaml``.
 
 ``configs/base.yaml`` holds what every trainable router shares (backbone, projection, optimiser,
-sequence length...). A strategy's file (``configs/<name>.yaml``) names its parent with ``extends`` and
-adds or overrides keys. Constructor keyword arguments (``--router-arg key=value`` on the command line)
-override any key; an unknown key is an error, so a typo never silently falls back to a default. The
-resolved dictionary is what ``RouterMeta.parameters`` records in every results file.
+sequence length...). A strategy's file (``configs/<name>.yaml``) names its parent with ``extends``, its
+``description``, its strategy ``plugins`` and overrides keys; each plugin's own settings come from
+``configs/plugins/<plugin>.yaml`` (the strategy's values win). Constructor keyword arguments
+(``--router-arg key=value`` on the command line) override any key, ``plugins`` included; an unknown key is an
+error, so a typo never silently falls back to a default. The resolved dictionary is what
+``RouterMeta.parameters`` records in every results file (``plugins`` only when it is not the strategy's own).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PLUGIN_DIR = CONFIG_DIR / "plugins"
 
 
 class ConfigError(ValueError):
@@ -39,19 +42,34 @@ def _read(name_or_path: str | Path) -> dict[str, Any]:
 
 
 def load_config(name: str, config: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Resolve strategy ``name``'s configuration, then a user file ``config`` (YAML), then ``overrides``.
+    """Resolve strategy ``name``'s configuration, its plugins' settings, then a user file ``config`` (YAML), then
+    ``overrides``. A user file and overrides may only set keys the strategy (with its plugins) knows.
 
-    A user file and overrides may only set keys the strategy knows.
+    ``plugins`` (the strategy's plugin list, as set last) and ``description`` are in the result when the
+    strategy's file has them.
     """
     cfg = _read(name)
-    for source, extra in (("config file", _read(config) if config is not None else {}),
-                          ("argument", overrides or {})):
+    user = _read(config) if config is not None else {}
+    overrides = dict(overrides or {})
+    if "plugins" in cfg or "plugins" in user or "plugins" in overrides:
+        plugins = overrides.pop("plugins", user.pop("plugins", cfg.get("plugins", [])))
+        cfg["plugins"] = _coerce([], plugins, "plugins")
+        for plugin in cfg["plugins"]:
+            path = PLUGIN_DIR / f"{plugin}.yaml"
+            for key, value in (_read(path) if path.is_file() else {}).items():
+                cfg.setdefault(key, value)
+    for source, extra in (("config file", user), ("argument", overrides)):
         unknown = sorted(set(extra) - set(cfg))
         if unknown:
             raise ConfigError(f"unknown {source} key(s) {unknown} for '{name}'; known keys: {', '.join(sorted(cfg))}")
         for key, value in extra.items():
             cfg[key] = _coerce(cfg[key], value, key)
     return cfg
+
+
+def strategy_plugins(name: str) -> list[str]:
+    """The plugins strategy ``name`` lists itself (before any override)."""
+    return list(_read(name).get("plugins", []))
 
 
 def _coerce(default: Any, value: Any, key: str) -> Any:

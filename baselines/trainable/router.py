@@ -1,4 +1,4 @@
-"""The trainable embedding router: a ``cmrbench`` router whose continual strategy is a set of hooks.
+"""The trainable embedding router: a ``cmrbench`` router whose continual strategy is a list of plugins.
 
 :class:`TrainableRouter` implements the protocol (``meta``, ``learn``, ``route``, ``save``, ``load``).
 ``learn`` runs, for experience t:
@@ -6,15 +6,15 @@
 1. build the network on first use (backbone + projection + registry; seeded);
 2. take :attr:`previous` = a snapshot of every tracked parameter and the registry size at the end
    of experience t-1 (what EWC, LwF and CARvE's anchoring compare against);
-3. register the models seen so far (append-only; new rows Xavier-initialised);
-4. :meth:`begin_experience` (hook), :meth:`training_examples` (hook: current data, + replay, + history);
-5. train with :meth:`candidate_sampler`, :meth:`batch_sampler`, :meth:`loss_hooks`, :meth:`callbacks`
-   (hooks) for ``epochs`` epochs;
-6. :meth:`end_experience` (hook: Fisher, replay buffer, merging deltas...).
+3. register the models seen so far (append-only) and initialise the new rows (prototypes by default);
+4. the plugins' ``before_experience``, then ``training_examples`` (current data, + replay, + history);
+5. train with the plugins' candidate sampler, batch sampler, loss hooks and callbacks (or the defaults:
+   every model seen so far, shuffled batches) for ``epochs`` epochs;
+6. the plugins' ``after_experience`` (a Fisher estimate, the replay buffer, merging deltas...).
 
-A strategy subclasses it and overrides hooks only; its state goes through :meth:`extra_state` /
-:meth:`load_extra_state` into checkpoints. Every random choice draws from a generator seeded by
-(seed, experience, purpose), so a run resumed from a checkpoint continues exactly as an unbroken one.
+A strategy is a YAML file naming its plugins (:mod:`.plugins`); each plugin's state goes into checkpoints.
+Every random choice draws from a generator seeded by (seed, experience, purpose), so a run resumed from a
+checkpoint continues exactly as an unbroken one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -39,7 +39,8 @@ from cmrbench.baselines.models import spec_of
 from cmrbench.baselines.retrieval.cardtext import card_text
 
 from .backbone import ALIASES, TextBackbone
-from .config import load_config
+from .config import load_config, strategy_plugins
+from .plugins import StrategyPlugin, merge_states, plugin_class
 from .training import (AllModels, BatchSampler, Callback, CandidateSampler, LossHook, RandomCandidates, RouterNet,
                        Trainer, mix_prior, seeded_generator, shuffled_batches)
 
@@ -152,19 +153,23 @@ class Snapshot:
 class TrainableRouter:
     """Text backbone + projection + append-only registry, trained on each experience in turn.
 
-    ``seed`` fixes everything; ``config`` names a YAML file layered over the strategy's; any other
-    keyword overrides one configuration key (``--router-arg epochs=1``).
+    ``strategy`` names the configuration (``configs/<strategy>.yaml``: its plugins and settings); ``seed``
+    fixes everything; ``config`` names a YAML file layered over it; any other keyword overrides one
+    configuration key (``--router-arg epochs=1``, ``--router-arg plugins=replay,ewc``).
     """
 
-    config_name = "naive"
-    description = "sequential fine-tuning of an embedding router (no protection against forgetting)"
-
-    def __init__(self, seed: int = 0, config: str | None = None, name: str | None = None, **overrides: Any):
-        self.cfg = load_config(self.config_name, config, overrides)
+    def __init__(self, seed: int = 0, config: str | None = None, name: str | None = None, *,
+                 strategy: str = "naive", **overrides: Any):
+        self.strategy = strategy
+        self.cfg = load_config(strategy, config, overrides)
+        self.description = self.cfg.pop("description", "")
+        plugins = self.cfg.pop("plugins", [])
         self.seed = int(seed)
         params = dict(self.cfg)
+        if plugins != strategy_plugins(strategy):        # a composition of one's own is part of the settings
+            params["plugins"] = plugins
         params["seed"] = self.seed
-        self.meta = RouterMeta(name=name or self.cfg.get("name") or self.config_name, version=VERSION,
+        self.meta = RouterMeta(name=name or self.cfg.get("name") or strategy, version=VERSION,
                                description=self.description, parameters=params, zero_shot=False,
                                reference="https://arxiv.org/abs/2605.28577",
                                training_data=[f"pre-trained backbone {backbone_label(self.cfg['backbone'])}"])
@@ -176,6 +181,11 @@ class TrainableRouter:
         self.finished = 0
         self.n_experiences: int | None = None
         self.history: list[dict[str, Any]] = []
+        self.plugins: list[StrategyPlugin] = [plugin_class(p)(self) for p in plugins]
+
+    def plugin(self, name: str) -> StrategyPlugin | None:
+        """This router's plugin named ``name`` (None without one)."""
+        return next((p for p in self.plugins if p.name == name), None)
 
     # ------------------------------------------------------------------------------------ building
 
@@ -202,13 +212,21 @@ class TrainableRouter:
 
     def begin_experience(self, experience: Experience, current: pl.DataFrame) -> None:
         """Before training on ``experience`` (registry already extended)."""
+        for plugin in self.plugins:
+            plugin.before_experience(self, experience, current)
 
     def training_examples(self, experience: Experience, current: pl.DataFrame) -> pl.DataFrame:
-        """What to train on: by default this experience's examples only."""
-        return current
+        """What to train on: this experience's examples, and what each plugin adds."""
+        examples = current
+        for plugin in self.plugins:
+            examples = plugin.training_examples(self, experience, current, examples)
+        return examples
 
     def candidate_sampler(self, experience: Experience, examples: pl.DataFrame) -> CandidateSampler:
         """What each training example is scored against (``examples``: this experience's training set)."""
+        for plugin in self.plugins:
+            if (sampler := plugin.candidate_sampler(self, experience, examples)) is not None:
+                return sampler
         if self.cfg["candidates"] == "all":
             registry = self.ensure_net().registry
             scope = self.cfg["softmax_scope"]
@@ -229,15 +247,21 @@ class TrainableRouter:
         raise ValueError(f"candidates must be 'all' or 'sampled', not {self.cfg['candidates']!r}")
 
     def batch_sampler(self, experience: Experience) -> BatchSampler:
+        for plugin in self.plugins:
+            if (sampler := plugin.batch_sampler(self, experience)) is not None:
+                return sampler
         return shuffled_batches(self.cfg["batch_size"])
 
     def loss_hooks(self, experience: Experience) -> list[LossHook]:
-        return []
+        return [hook for plugin in self.plugins for hook in plugin.loss_hooks(self, experience)]
 
     def callbacks(self, experience: Experience) -> list[Callback]:
-        return []
+        return [callback for plugin in self.plugins for callback in plugin.callbacks(self, experience)]
 
     def epochs(self, experience: Experience) -> int:
+        for plugin in self.plugins:
+            if (epochs := plugin.epochs(self, experience)) is not None:
+                return int(epochs)
         return int(self.cfg["epochs"])
 
     def make_trainer(self, experience: Experience) -> Trainer:
@@ -246,8 +270,10 @@ class TrainableRouter:
                        lr_registry=c["lr_registry"], weight_decay=c["weight_decay"], warmup_steps=c["warmup_steps"],
                        grad_clip=c["grad_clip"], schedule=c["schedule"], prior=self.prior)
 
-    def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame) -> None:
+    def end_experience(self, experience: Experience, current: pl.DataFrame, trained_on: pl.DataFrame | None) -> None:
         """After training on ``experience``."""
+        for plugin in self.plugins:
+            plugin.after_experience(self, experience, current, trained_on)
 
     def initialise_rows(self, experience: Experience, current: pl.DataFrame, rows: list[int]) -> None:
         """Set the registry rows just added for new models (config ``init``).
@@ -258,11 +284,13 @@ class TrainableRouter:
         its card descriptions (``card_weight`` each), so a model with no training prompt starts from its
         card. Training then starts from a nearest-class-mean router instead of noise.
         """
+        if any(plugin.initialise_rows(self, experience, current, rows) for plugin in self.plugins):
+            return
         init = self.cfg["init"]
         if init == "random" or not rows:
             return
         if init != "prototype":
-            raise ValueError(f"init must be 'random' or 'prototype' for {self.config_name}, not {init!r}")
+            raise ValueError(f"init must be 'random' or 'prototype' for {self.strategy}, not {init!r}")
         net = self.ensure_net()
         new_ids = [net.registry.ids[r] for r in rows]
         wanted = set(new_ids)
@@ -287,13 +315,6 @@ class TrainableRouter:
         target = torch.tensor(rows, device=z.device)[has]
         with torch.no_grad():
             net.registry.weight[target] = torch.nn.functional.normalize(sums[has], dim=-1).to(net.registry.weight)
-
-    def extra_state(self) -> dict[str, Any]:
-        """Strategy state for checkpoints: {"tensors": {name: Tensor}, "frames": {name: DataFrame}, "json": {...}}."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state` returned."""
 
     # ------------------------------------------------------------------------------------ protocol
 
@@ -359,13 +380,13 @@ class TrainableRouter:
         folder.mkdir(parents=True, exist_ok=True)
         net = self.ensure_net()
         torch.save({n: p.detach().cpu() for n, p in net.tracked_parameters().items()}, folder / "weights.pt")
-        extra = self.extra_state()
+        extra = merge_states(self.plugins)
         torch.save(extra.get("tensors", {}), folder / "strategy.pt")
         for name, frame in extra.get("frames", {}).items():
             frame.write_parquet(folder / f"{name}.parquet")
         if self.prior is not None:
             self.prior.ncm.save(folder / "prior")
-        info = {"router": self.meta.name, "strategy": self.config_name, "version": VERSION, "seed": self.seed,
+        info = {"router": self.meta.name, "strategy": self.strategy, "plugins": [p.name for p in self.plugins], "version": VERSION, "seed": self.seed,
                 "config": self.cfg, "finished": self.finished, "n_experiences": self.n_experiences,
                 "registry": net.registry.state(), "history": self.history,
                 "frames": sorted(extra.get("frames", {})), "json": extra.get("json", {})}
@@ -374,8 +395,10 @@ class TrainableRouter:
     def load(self, folder: Path) -> None:
         folder = Path(folder)
         info = json.loads((folder / "router.json").read_text())
-        if info["strategy"] != self.config_name:
-            raise ValueError(f"{folder} holds a '{info['strategy']}' router, not '{self.config_name}'")
+        plugins = [p.name for p in self.plugins]
+        if info["strategy"] != self.strategy or info.get("plugins", plugins) != plugins:
+            raise ValueError(f"{folder} holds a '{info['strategy']}' router with plugins {info.get('plugins')}, "
+                             f"not '{self.strategy}' with {plugins}")
         self.cfg = info["config"]
         self.seed = int(info["seed"])
         self.net = None
@@ -391,5 +414,19 @@ class TrainableRouter:
         self.history = list(info.get("history", []))
         self.previous = None
         frames = {name: pl.read_parquet(folder / f"{name}.parquet") for name in info.get("frames", [])}
-        self.load_extra_state({"tensors": torch.load(folder / "strategy.pt", map_location="cpu", weights_only=True),
-                               "frames": frames, "json": info.get("json", {})})
+        state = {"tensors": torch.load(folder / "strategy.pt", map_location="cpu", weights_only=True),
+                 "frames": frames, "json": info.get("json", {})}
+        for plugin in self.plugins:
+            plugin.load_state(self, state)
+
+
+def strategy(config: str, name: str, doc: str, **fixed: Any) -> Callable[..., TrainableRouter]:
+    """A registered router: the trainable router with strategy ``config`` under ``name``, with ``fixed``
+    settings (each still overridable)."""
+    def factory(seed: int = 0, **overrides: Any) -> TrainableRouter:
+        for key, value in {"name": name, **fixed}.items():
+            overrides.setdefault(key, value)
+        return TrainableRouter(seed=seed, strategy=config, **overrides)
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = doc
+    return factory
