@@ -180,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_mock_run(args: argparse.Namespace) -> int:
-    from .synthetic import make_synthetic_hub
+    from .builders.synthetic import make_synthetic_hub
     with tempfile.TemporaryDirectory(prefix="cmrbench-mock-") as tmp:
         hub = make_synthetic_hub(Path(tmp) / "synthetic-hub", seed=args.seed, hard=not args.easy)
         return _evaluate(args.router, args.router_arg, hub, args.out or Path(tmp) / "runs", args,
@@ -188,7 +188,7 @@ def cmd_mock_run(args: argparse.Namespace) -> int:
 
 
 def cmd_mock_data(args: argparse.Namespace) -> int:
-    from .synthetic import make_synthetic_hub
+    from .builders.synthetic import make_synthetic_hub
     path = make_synthetic_hub(args.out, seed=args.seed, n_experiences=args.experiences, overwrite=args.overwrite,
                               hard=args.hard)
     print(f"wrote a synthetic hub to {path.resolve()}")

@@ -29,7 +29,7 @@ def sources_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_hub(tmp_path_factory) -> Path:
-    from cmrbench.synthetic import make_synthetic_hub
+    from cmrbench.builders.synthetic import make_synthetic_hub
     return make_synthetic_hub(tmp_path_factory.mktemp("synthetic") / "hub")
 
 

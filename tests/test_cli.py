@@ -142,7 +142,7 @@ def test_routers_are_listed_with_metadata_and_other_packages_can_add_some(monkey
 
 def test_mock_run_hub_separates_learning_routers_from_card_overlap(tmp_path):
     import cmrbench
-    from cmrbench.synthetic import make_synthetic_hub
+    from cmrbench.builders.synthetic import make_synthetic_hub
     from test_api import KeywordRouter
     from toy_routers import OverlapRouter
     hub = make_synthetic_hub(tmp_path / "hard", hard=True)

@@ -16,7 +16,7 @@ from cmrbench.baselines.retrieval.cardtext import card_text  # noqa: E402
 from cmrbench.data import Benchmark  # noqa: E402
 from cmrbench.harness import evaluate  # noqa: E402
 from cmrbench.protocol import CheckpointableRouter  # noqa: E402
-from cmrbench.synthetic import make_synthetic_hub  # noqa: E402
+from cmrbench.builders.synthetic import make_synthetic_hub  # noqa: E402
 
 
 @pytest.fixture(scope="module")

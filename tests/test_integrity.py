@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cmrbench.builders.folder import NotOurFolderError
-from cmrbench.synthetic import make_synthetic_hub
+from cmrbench.builders.synthetic import make_synthetic_hub
 
 
 # ------------------------------------------------------------------------------------------ --overwrite

@@ -35,7 +35,7 @@ def _offline(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     from cmrbench.data import Benchmark
-    from cmrbench.synthetic import make_synthetic_hub
+    from cmrbench.builders.synthetic import make_synthetic_hub
 
     return Benchmark(make_synthetic_hub(tmp_path_factory.mktemp("hub") / "hub"))
 

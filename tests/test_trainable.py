@@ -30,7 +30,7 @@ from cmrbench.baselines.trainable.training import RandomCandidates, RouterNet, s
 from cmrbench.data import Benchmark  # noqa: E402
 from cmrbench.harness import evaluate  # noqa: E402
 from cmrbench.protocol import CheckpointableRouter  # noqa: E402
-from cmrbench.synthetic import make_synthetic_hub  # noqa: E402
+from cmrbench.builders.synthetic import make_synthetic_hub  # noqa: E402
 
 # the continual strategies, as registered for `cmrbench evaluate --router NAME`
 from cmrbench.registry import REGISTRY  # noqa: E402

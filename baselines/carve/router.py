@@ -29,7 +29,6 @@ from cmrbench.baselines.trainable.plugins import StrategyPlugin, register_plugin
 from cmrbench.baselines.trainable.replay import RandomSelector, Selector
 from cmrbench.baselines.trainable.router import TrainableRouter, strategy
 from cmrbench.baselines.trainable.training import Batch, CandidateSet, RouterNet, StepContext, Trainer
-from cmrbench.builders.taxonomy import UnknownDomainError, category_of
 from cmrbench.data import Experience
 
 from .anchoring import embedding_anchor_loss, projection_anchor_loss
@@ -38,13 +37,6 @@ from .replay import select_replay
 from .sampler import domain_batches
 
 ANCHORING = ("both", "embedding", "projection", "none")
-
-
-def _category(domain: str) -> str:
-    try:
-        return category_of(domain)
-    except UnknownDomainError:
-        return domain
 
 
 class FixedEncoder:
@@ -154,6 +146,7 @@ class CarvePlugin(StrategyPlugin):
     def __init__(self, router: TrainableRouter):
         self.model_domain: dict[str, str] = {}
         self.model_family: dict[str, str] = {}
+        self.category: dict[str, str] = {}      # domain -> its category, as the training prompts carry it
         self.training_frame = pl.DataFrame()
         self._encoder: FixedEncoder | None = None
 
@@ -161,6 +154,9 @@ class CarvePlugin(StrategyPlugin):
         for model_id, families, domains in experience.models.select("model_id", "families", "domains").rows():
             self.model_domain.setdefault(model_id, sorted(domains)[0])
             self.model_family.setdefault(model_id, sorted(families)[0])
+        for frame in (experience.train, experience.validation):
+            for domain, category in frame.select("domain", "category").unique().rows():
+                self.category.setdefault(domain, category)
 
     def initialise_rows(self, router: TrainableRouter, experience: Experience, current: pl.DataFrame,
                         rows: list[int]) -> bool:
@@ -198,7 +194,7 @@ class CarvePlugin(StrategyPlugin):
             return None
         net = router.ensure_net()
         domains = [self.model_domain.get(m, "unknown") for m in net.registry.ids]
-        index = ModelIndex(domains, {d: _category(d) for d in set(domains)})
+        index = ModelIndex(domains, {d: self.category.get(d, d) for d in set(domains)})  # no prompt yet: its own
         families = [self.model_family.get(m, m) for m in net.registry.ids]
         return CarveCandidates(router, examples, index, families, router.seed * 1000 + experience.current_experience)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .builders.assemble import EXPERIENCE_SCHEMA, Assembled, models_table, split_validation
-from .builders.folder import write_folder
-from .builders.records import Quarantine, prompt_id
-from .builders.taxonomy import category_of, task_of
+from .assemble import EXPERIENCE_SCHEMA, Assembled, models_table, split_validation
+from .folder import write_folder
+from .records import Quarantine, prompt_id
+from .taxonomy import category_of, task_of
 
 DOMAINS = ["Natural Language Processing Translation", "Natural Language Processing Summarization",
            "Computer Vision Image Classification", "Computer Vision Object Detection",
