@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from cmrbench.baselines.carve.anchoring import embedding_anchor_loss, projection_anchor_loss
 from cmrbench.baselines.carve.candidates import (CandidateConfig, HardNegativeCache, ModelIndex, build_candidates,
                                                  soft_targets)
-from cmrbench.baselines.carve.replay import METHODS, select_replay
+from cmrbench.baselines.carve.coreset import METHODS, select_replay
 from cmrbench.baselines.carve.sampler import domain_batches
 
 CATS = {"CV A": "CV", "CV B": "CV", "NLP C": "NLP", "NLP D": "NLP", "Audio E": "Audio"}

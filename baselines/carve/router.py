@@ -26,14 +26,14 @@ import torch
 
 from cmrbench.baselines.strategies.replay import ReplayPlugin
 from cmrbench.baselines.trainable.plugins import StrategyPlugin, register_plugin
-from cmrbench.baselines.trainable.replay import RandomSelector, Selector
+from cmrbench.baselines.trainable.buffer import RandomSelector, Selector
 from cmrbench.baselines.trainable.router import TrainableRouter, strategy
 from cmrbench.baselines.trainable.training import Batch, CandidateSet, RouterNet, StepContext, Trainer
 from cmrbench.data import Experience
 
 from .anchoring import embedding_anchor_loss, projection_anchor_loss
 from .candidates import CandidateConfig, HardNegativeCache, ModelIndex, build_candidates, soft_targets
-from .replay import select_replay
+from .coreset import select_replay
 from .sampler import domain_batches
 
 ANCHORING = ("both", "embedding", "projection", "none")

@@ -2,7 +2,7 @@
 
 ``replay-10`` / ``replay-20``: p = 0.1 / 0.2 of each previous experience's train set, drawn uniformly
 at the end of that experience (seeded), mixed uniformly into the batches of every later experience.
-The buffer (:class:`~cmrbench.baselines.trainable.replay.ReplayBuffer`) takes any selector, which is
+The buffer (:class:`~cmrbench.baselines.trainable.buffer.ReplayBuffer`) takes any selector, which is
 how CARvE's structured replay plugs in (a subclass of :class:`ReplayPlugin`).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from cmrbench.baselines.trainable.plugins import StrategyPlugin, register_plugin
-from cmrbench.baselines.trainable.replay import RandomSelector, ReplayBuffer, Selector
+from cmrbench.baselines.trainable.buffer import RandomSelector, ReplayBuffer, Selector
 from cmrbench.baselines.trainable.router import TrainableRouter, strategy
 from cmrbench.data import Experience
 

@@ -7,7 +7,7 @@
   (candidate samplers, batch samplers, loss hooks, callbacks).
 - :mod:`.router` — :class:`TrainableRouter`, the protocol implementation; a strategy is its plugin list.
 - :mod:`.plugins` — the strategy plugin hooks and their registry.
-- :mod:`.replay` — replay buffers with pluggable selection.
+- :mod:`.buffer` — replay buffers with pluggable selection.
 - :mod:`.generative` — the Gorilla-style generative router.
 - :mod:`.config` — per-strategy YAML configurations (``cmrbench/baselines/configs``).
 

@@ -46,7 +46,7 @@ from cmrbench.baselines.retrieval.cardtext import card_text
 
 from .backbone import DTYPES, GORILLA_TEMPLATE, load_tokenizer, lora_target_modules, pick_device, resolve_backbone
 from .config import load_config
-from .replay import ReplayBuffer
+from .buffer import ReplayBuffer
 from .router import backbone_label, deterministic, examples_from
 from .training import seeded_generator
 
