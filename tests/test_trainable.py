@@ -307,6 +307,28 @@ def test_strategies_compose_as_plugins(hub, small, tmp_path):
         NaiveRouter(seed=0, plugins="replai", **small)
 
 
+def test_a_plugin_of_another_package_joins_a_strategy(hub, small, tmp_path, monkeypatch):
+    """A new strategy plugin needs no edit here: named package.module:Class, it gets every hook and checkpoints."""
+    (tmp_path / "my_plugins.py").write_text(
+        "from cmrbench.baselines.trainable.plugins import StrategyPlugin\n"
+        "class CountExperiences(StrategyPlugin):\n"
+        "    def __init__(self, router):\n        self.seen = []\n"
+        "    def after_experience(self, router, experience, current, trained_on):\n"
+        "        self.seen.append(experience.current_experience)\n"
+        "    def epochs(self, router, experience):\n        return 1\n"
+        "    def state(self):\n        return {'json': {'count_seen': self.seen}}\n"
+        "    def load_state(self, router, state):\n        self.seen = state['json']['count_seen']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    router = NaiveRouter(seed=0, plugins="replay,my_plugins:CountExperiences", **small)
+    evaluate(router, Benchmark(hub), tmp_path / "runs", progress=False, seed=0)
+    counter = router.plugin("my_plugins:CountExperiences")
+    assert counter.seen == [1, 2, 3] and [h["epochs"] for h in router.history] == [1, 1, 1]
+    router.save(tmp_path / "checkpoint")
+    fresh = NaiveRouter(seed=0, plugins="replay,my_plugins:CountExperiences", **small)
+    fresh.load(tmp_path / "checkpoint")
+    assert fresh.plugins[1].seen == [1, 2, 3]
+
+
 # ------------------------------------------------------------------------------------------ configs
 
 def test_configs_resolve_and_reject_unknown_keys():

@@ -110,6 +110,14 @@ def plugin_class(name: str) -> type[StrategyPlugin]:
     return PLUGINS[name]
 
 
+def make_plugin(spec: str, router: TrainableRouter) -> StrategyPlugin:
+    """The plugin ``spec`` names, built for ``router``; one of another package is known by its ``module:Class``."""
+    plugin = plugin_class(spec)(router)
+    if not plugin.name:
+        plugin.name = spec
+    return plugin
+
+
 def merge_states(plugins: list[StrategyPlugin]) -> dict[str, Any]:
     """Every plugin's checkpoint state in one (refusing two plugins that use the same key)."""
     merged: dict[str, dict[str, Any]] = {"tensors": {}, "frames": {}, "json": {}}

@@ -40,7 +40,7 @@ from cmrbench.baselines.retrieval.cardtext import card_text
 
 from .backbone import ALIASES, TextBackbone
 from .config import load_config, strategy_plugins
-from .plugins import StrategyPlugin, merge_states, plugin_class
+from .plugins import StrategyPlugin, make_plugin, merge_states
 from .training import (AllModels, BatchSampler, Callback, CandidateSampler, LossHook, RandomCandidates, RouterNet,
                        Trainer, mix_prior, seeded_generator, shuffled_batches)
 
@@ -181,7 +181,7 @@ class TrainableRouter:
         self.finished = 0
         self.n_experiences: int | None = None
         self.history: list[dict[str, Any]] = []
-        self.plugins: list[StrategyPlugin] = [plugin_class(p)(self) for p in plugins]
+        self.plugins: list[StrategyPlugin] = [make_plugin(p, self) for p in plugins]
 
     def plugin(self, name: str) -> StrategyPlugin | None:
         """This router's plugin named ``name`` (None without one)."""
