@@ -24,6 +24,8 @@ RESULTS_SCHEMA_VERSION = "1.3"  # 1.1: dataset.eval_split (1.0 files read as tes
 # 1.3: router.statistics, run (the run record)
 LEVELS = ("model", "family", "domain")
 KS = (1, 3, 5, 10)
+# every accuracy matrix a results file stores per level (mrr@10 at the model level only)
+MATRIX_METRICS = tuple(f"acc@{k}" for k in KS) + ("mrr@10",)
 
 
 class _Strict(BaseModel):

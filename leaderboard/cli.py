@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from cmrbench.results import MATRIX_METRICS
+
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_results
@@ -48,7 +50,7 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="results JSON files, or folders of them")
     p.add_argument("--out", type=Path, required=True, help="folder for the figures")
     p.add_argument("--format", choices=["png", "svg"], default="png", help="file format (default png)")
-    p.add_argument("--metric", default="acc@1", choices=["acc@1", "acc@3", "acc@5", "acc@10", "mrr@10"],
+    p.add_argument("--metric", default="acc@1", choices=list(MATRIX_METRICS),
                    help="matrix metric to draw (default acc@1)")
     p.add_argument("--dpi", type=int, default=150, help="resolution of PNG files (default 150)")
     p.add_argument("--no-compare", action="store_true", help="no comparison figures, even for several files")

@@ -32,12 +32,11 @@ from pathlib import Path
 from cmrbench.leaderboard.site import (LEVEL_COLOURS, LEVEL_SHORT, PALETTE, experience_forgetting, mean_matrix,
                                        running_average)
 from cmrbench.metrics import mean_std
-from cmrbench.results import LEVELS, Results, find_results_files, load_results
+from cmrbench.results import LEVELS, MATRIX_METRICS as METRICS, Results, find_results_files, load_results
 
 log = logging.getLogger("cmrbench.plots")
 
 FORMATS = ("png", "svg")
-METRICS = ("acc@1", "acc@3", "acc@5", "acc@10", "mrr@10")
 INSTALL_HINT = "matplotlib is not installed; install the plots extra: pip install 'cmrbench[plots]'"
 
 

@@ -22,9 +22,8 @@ from cmrbench.leaderboard.board import (SUMMARY_FIELDS, Entry, Leaderboard, Stat
                                       write_tables)
 from cmrbench.metrics import mean_std, percent
 from cmrbench.fileio import atomic_write_text
-from cmrbench.results import LEVELS, Results, load_results
+from cmrbench.results import LEVELS, MATRIX_METRICS as METRICS, Results, load_results
 
-METRICS = ("acc@1", "acc@3", "acc@5", "acc@10", "mrr@10")
 LEVEL_SHORT = {"model": "M", "family": "F", "domain": "D"}
 LEVEL_COLOURS = {"model": "#1f77b4", "family": "#ff7f0e", "domain": "#2ca02c"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
