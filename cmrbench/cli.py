@@ -101,6 +101,7 @@ def _evaluate(router_spec: str, router_args: list[str], data: Path, out: Path, a
 
 
 def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, keep: bool) -> int:
+    from .distributed import is_main, rank_and_size
     from .harness import RunPaths, evaluate
     from .loggers import make_logger
     from .metrics import percent
@@ -115,12 +116,18 @@ def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, k
     if args.resume and paths.results.is_file() and load_results(paths.results).status == "complete":
         print(f"{paths.results} is already complete; nothing to resume (--overwrite starts it again)")
     isolated = args.isolate
+    main = is_main()                       # of several processes (torchrun, accelerate launch), the one that writes
+    if isolated and not (main and rank_and_size()[1] == 1):
+        raise ValueError("--isolate runs the router in one worker process; it cannot be combined with a launch of "
+                         "several processes (torchrun, accelerate launch)")
     results = evaluate(router, bench, out, seed=args.seed, top_k=args.top_k, batch_size=args.batch_size,
                        timeout=None if isolated else args.timeout,
                        learn_timeout=None if isolated else args.learn_timeout,       # the worker enforces them
                        resume=args.resume, on_unknown_id=args.on_unknown_id, progress=not args.no_progress,
                        command=["cmrbench", *args.argv], router_spec=router_spec,
-                       loggers=[make_logger(spec) for spec in args.log or []])
+                       loggers=[make_logger(spec) for spec in args.log or []] if main else [])
+    if not main:
+        return 0
     s = results.summary
     print(f"{results.router.name} on {bench.name} (seed {args.seed}), after {results.finished_experiences} "
           f"experiences: M {percent(s['model'].final_average_accuracy)} / F "

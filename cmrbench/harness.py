@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from . import metrics as M
 from .data import Benchmark
+from .distributed import barrier, init_from_env, is_main
 from .fileio import atomic_write
 from .isolation import IsolatedRouter
 from .loggers import Logger
@@ -162,6 +163,7 @@ def _switching_progress(run: Callable[..., Results]) -> Callable[..., Results]:
     """Routers' own bars (:mod:`cmrbench.progress`) follow the run's ``progress`` argument while it lasts."""
     @functools.wraps(run)
     def wrapper(*args: Any, progress: bool = True, **kwargs: Any) -> Results:
+        progress = progress and is_main()   # one set of bars, however many processes run
         with progress_switched(progress):
             return run(*args, progress=progress, **kwargs)
     return wrapper
@@ -201,7 +203,10 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
                               "row: only references such as the oracles receive test labels, and their meta says "
                               "reference_row=True so that no leaderboard ranks them. Drop needs_gold.")
     paths = RunPaths.for_run(Path(out_dir), name, benchmark, seed)
-    paths.results.parent.mkdir(parents=True, exist_ok=True)
+    init_from_env()                      # launched as several processes (torchrun, accelerate launch)
+    main = is_main()                     # the one that writes and prints
+    if main:
+        paths.results.parent.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     T = benchmark.n_experiences
     predictions = pl.DataFrame(schema=PREDICTION_SCHEMA)
@@ -217,6 +222,7 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
         start, predictions, learn_s, route_s = _resume_state(router, benchmark, paths, seed, top_k, progress)
     elif paths.results.exists() and not resume:
         raise ResumeError(f"{paths.results} exists; pass --resume to continue it or --overwrite to start again.")
+    barrier()                            # every process has looked before the main one writes
     for t in range(start + 1, T + 1):
         experience = benchmark.train_stream[t - 1]
         where = f"router '{name}', experience {t}"
@@ -228,7 +234,7 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
         except Exception as err:
             raise RouterCallError(f"{where}: learn() raised {type(err).__name__}: {err}") from err
         learn_s.append(time.perf_counter() - t0)
-        if isinstance(router, CheckpointableRouter):
+        if isinstance(router, CheckpointableRouter) and main:
             router.save(paths.checkpoints / f"after_{t}")
         seen = benchmark.label_registry(t).model_ids
         rows = []
@@ -265,9 +271,11 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
         bar.close()
         route_s.append(spent)
         predictions = pl.concat([predictions, pl.DataFrame(rows, schema=PREDICTION_SCHEMA)])
-        atomic_write(paths.predictions, predictions.write_parquet)
         results = build_results(router, benchmark, predictions, t, seed, top_k, learn_s, route_s,
                                 call_seconds, call_sizes, paths, run_record(started_at, command, router_spec))
+        if not main:
+            continue
+        atomic_write(paths.predictions, predictions.write_parquet)
         save_results(results, paths.results)
         for logger in loggers:
             logger.log_experience(t, results)
@@ -278,6 +286,7 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
                        + (f", D forgetting {100 * d.forgetting:.1f}" if d.forgetting is not None else ""))
     for logger in loggers:
         logger.close()
+    barrier()                            # the files are written when any process returns
     return load_results(paths.results) if start == T else results
 
 

@@ -97,14 +97,17 @@ def tiny_causal_lm(folder: str | Path, *, seed: int = 0, hidden: int = 32, layer
     return folder
 
 
-def tiny_encoder(folder: str | Path, *, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2) -> Path:
-    """Write a tiny randomly initialised BERT encoder with the offline MiniLM tokenizer into ``folder``."""
+def tiny_encoder(folder: str | Path, *, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2,
+                 dropout: float = 0.1) -> Path:
+    """Write a tiny randomly initialised BERT encoder with the offline MiniLM tokenizer into ``folder``
+    (``dropout=0``: a training step that does not depend on the random stream, for exact comparisons)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     folder = Path(folder)
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=512)
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=512,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmrbench import progress
+from cmrbench.distributed import rank_and_size, sum_gradients
 
 from .backbone import TextBackbone
 from .registry import ModelRegistry
@@ -248,6 +249,12 @@ class Batch:
     targets: torch.Tensor           # (B,) registry rows of the gold models
     weights: torch.Tensor           # (B,) per-example weights of the routing loss
 
+    def shard(self, rank: int, size: int) -> Batch:
+        """Process ``rank``'s share of the batch out of ``size``: every size-th example from the rank-th."""
+        keep = list(range(rank, len(self.rows), size))
+        return Batch(rows=[self.rows[i] for i in keep], frame=self.frame[keep], prompts=[self.prompts[i] for i in keep],
+                     targets=self.targets[keep], weights=self.weights[keep])
+
 
 BatchSampler = Callable[[pl.DataFrame, int, torch.Generator], list[list[int]]]
 
@@ -365,6 +372,35 @@ class Trainer:
         rest = max(1, total - self.warmup_steps)
         return max(0.0, 1.0 - (step - self.warmup_steps) / rest)
 
+    def _step(self, batch: Batch, sampler: CandidateSampler, losses: Sequence[LossHook], step: int, total: int,
+              whole_weight: torch.Tensor | None = None, processes: int = 1) -> dict[str, float]:
+        """Forward and backward of one batch; returns the loss terms. Given ``whole_weight`` (the summed example
+        weights of the batch this one is a process's share of), the routing loss is this share's part of the
+        whole batch's weighted mean and each extra term counts 1 / ``processes``, so the gradients summed over
+        the processes are the whole batch's."""
+        net = self.net
+        terms: dict[str, float] = {}
+        if not batch.rows:                       # a batch smaller than the number of processes
+            return terms
+        z = net.embed(batch.prompts)
+        cands = sampler(batch, net, step)
+        logits = mix_prior(net.logits(z, cands.index), self.prior, batch.prompts, cands.index, net.tau)
+        if cands.allowed is not None:   # a finite floor, so that soft targets' zeros times it stay 0
+            logits = logits.masked_fill(~cands.allowed, -1e9)
+        loss = routing_loss(logits, cands.target, batch.weights)
+        if whole_weight is not None:
+            loss = loss * (batch.weights.sum() / whole_weight.clamp(min=1e-12))
+        terms["route"] = float(loss.detach())
+        ctx = StepContext(net, batch, z, logits, cands, step, total, self)
+        for hook in losses:
+            extra = hook(ctx)
+            if extra is not None:
+                extra = extra / processes if processes > 1 else extra
+                loss = loss + extra
+                terms[hook.name] = float(extra.detach())
+        loss.backward()
+        return terms
+
     def fit(self, examples: pl.DataFrame, *, epochs: int, batches: BatchSampler, seed: int,
             sampler: CandidateSampler | None = None, losses: Sequence[LossHook] = (),
             callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None) -> FitStats:
@@ -383,6 +419,7 @@ class Trainer:
         total = sum(len(p) for p in plan)
         step = 0
         net.train()
+        rank, size = rank_and_size()   # launched as several processes: each takes its share of every batch
         shown = progress.bar(total, desc="learning", unit="step")
         for epoch, epoch_batches in enumerate(plan):
             shown.set_description(f"learning, epoch {epoch + 1}/{epochs}")
@@ -398,21 +435,11 @@ class Trainer:
                 factor = self._factor(step, total)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.base_lr[group["name"]] * factor
-                z = net.embed(batch.prompts)
-                cands = sampler(batch, net, step)
-                logits = mix_prior(net.logits(z, cands.index), self.prior, batch.prompts, cands.index, net.tau)
-                if cands.allowed is not None:   # a finite floor, so that soft targets' zeros times it stay 0
-                    logits = logits.masked_fill(~cands.allowed, -1e9)
-                loss = routing_loss(logits, cands.target, batch.weights)
-                terms = {"route": float(loss.detach())}
-                ctx = StepContext(net, batch, z, logits, cands, step, total, self)
-                for hook in losses:
-                    extra = hook(ctx)
-                    if extra is not None:
-                        loss = loss + extra
-                        terms[hook.name] = float(extra.detach())
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                terms = self._step(batch, sampler, losses, step, total) if size == 1 else \
+                    self._step(batch.shard(rank, size), sampler, losses, step, total, batch.weights.sum(), size)
+                if size > 1:
+                    sum_gradients(p for g, ps in self.groups.items() if self.trainable[g] for p in ps)
                 live = [p for g, ps in self.groups.items() if self.trainable[g] for p in ps if p.grad is not None]
                 if self.grad_clip and live:
                     torch.nn.utils.clip_grad_norm_(live, float(self.grad_clip))
