@@ -1,25 +1,31 @@
 """Routing over hub-sized registries: index build time, memory, latency and recall against exact search.
 
-    python benchmarks/bench_scale.py                         # 2k, 20k, 200k models (minutes on 2 cores)
-    python benchmarks/bench_scale.py --sizes 2000 20000 2000000
+    python benchmarks/bench_scale.py                                   # 2k, 20k, 200k, 2M models
+    python benchmarks/bench_scale.py --sizes 2000 20000 --kinds hnsw   # some of them
+    python benchmarks/bench_scale.py --plot                            # the figure from the results file
 
 Model vectors are synthetic and deterministic (seeded): 384-dimensional unit vectors drawn around one centre per
 domain (58 domains, as CMRBench v1) with a per-family offset, which is how card and prototype embeddings of a hub
 cluster. Queries are noisy copies of random models' vectors. For each size and index kind of
 :class:`~cmrbench.baselines.retrieval.encoders.VectorIndex` (``exact``, ``flat``, ``hnsw``, ``ivfpq``, all forced
-on with ``exact_below=0``), it measures the build time, the size of the vectors and of the FAISS index (serialised; the class keeps
-the vectors as well), routing latency per batch of 64 prompts (p50 / p95) and prompts per second, and recall@10
-against exact search. Encoding prompts is
-not included (it is the same for every index; MiniLM encodes about 300 short prompts/s on these cores).
-Results go to ``benchmarks/out/scale.json``.
+on with ``exact_below=0``; ``exact`` only up to 200k, where ``flat`` is the same search) a fresh process builds the
+index and routes 1,024 prompts in batches of 64. It records the build time, the FAISS index's serialised size, the
+process's memory once the index is built (``rss_after_build_mb``: registry + index; the caller's copy of the
+vectors is dropped, as a router would) and at its peak (``peak_rss_mb``: during the build both copies exist),
+routing latency per batch (p50 / p95), prompts per second and recall@10 against exact search. Encoding prompts
+is not included (the same for every index; MiniLM encodes about 300 short prompts/s on these cores).
+Results go to ``benchmarks/out/scale.json``, the figure to ``benchmarks/out/scale.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,11 +59,18 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, kind: str) -> dict:
-    before = peak_mb()
+def measure(n: int, kind: str, truth_file: Path) -> dict:
+    """One (size, kind) row, in this process (run it in a fresh one: the memory figures are the process's)."""
+    import psutil
+
+    vectors = registry(n)
+    queries = query_set(vectors, n)
+    truth = np.load(truth_file)
     t0 = time.perf_counter()
     index = VectorIndex(vectors, kind=kind, exact_below=0)
     build = time.perf_counter() - t0
+    del vectors                          # the index holds what it needs (FAISS's copy, or this array for exact)
+    rss_after = psutil.Process().memory_info().rss / 2 ** 20
     latencies, found = [], []
     for lo in range(0, len(queries), BATCH):
         t = time.perf_counter()
@@ -65,42 +78,96 @@ def measure(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, kind: s
         latencies.append(time.perf_counter() - t)
         found.append(rows)
     rows = np.concatenate(found)
+    index_mb = 0.0
     if index._faiss is not None:
         import faiss
         index_mb = faiss.serialize_index(index._faiss).size / 2 ** 20
-    else:
-        index_mb = 0.0
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, rows)]))
-    return {"kind": kind, "kind_used": index.kind_used, "build_seconds": round(build, 3),
-            "vectors_mb": round(vectors.nbytes / 2 ** 20, 1), "index_mb": round(index_mb, 1),
-            "peak_rss_growth_mb": round(peak_mb() - before, 1),
+    return {"models": n, "kind": kind, "kind_used": index.kind_used, "build_seconds": round(build, 3),
+            "vectors_mb": round(n * DIM * 4 / 2 ** 20, 1), "index_mb": round(index_mb, 1),
+            "rss_after_build_mb": round(rss_after, 1), "peak_rss_mb": round(peak_mb(), 1),
             "batch_latency_p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
             "batch_latency_p95_ms": round(1000 * float(np.percentile(latencies, 95)), 2),
             "prompts_per_second": round(len(queries) / sum(latencies), 1), "recall_at_10": round(recall, 4)}
 
 
+def query_set(vectors: np.ndarray, n: int) -> np.ndarray:
+    rng = np.random.default_rng([1, n])
+    return vectors[rng.integers(n, size=QUERIES)] + rng.normal(scale=0.05, size=(QUERIES, DIM)).astype(np.float32)
+
+
+def exact_truth(n: int, path: Path) -> None:
+    """The true 10 nearest models of every query, by exact search (FAISS flat above 200k), saved for the rows."""
+    vectors = registry(n)
+    queries = query_set(vectors, n)
+    truth = (np.argsort(-(queries @ vectors.T), axis=1)[:, :10] if n <= 200_000 else
+             VectorIndex(vectors, kind="flat", exact_below=0).search(queries, 10)[1])
+    np.save(path, truth)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Prompts per second and build time against registry size, log-log, one line per index kind."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(results["rows"].values())
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for kind in ("exact", "flat", "hnsw", "ivfpq"):
+        mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["models"])
+        if not mine:
+            continue
+        x = [r["models"] for r in mine]
+        axes[0].plot(x, [r["prompts_per_second"] for r in mine], marker="o", label=kind)
+        axes[1].plot(x, [max(r["build_seconds"], 1e-3) for r in mine], marker="o", label=kind)
+        axes[2].plot(x, [r["rss_after_build_mb"] for r in mine], marker="o", label=kind)
+    axes[0].axhline(400, color="grey", linestyle=":", linewidth=1)
+    for ax, title in zip(axes, ("prompts / s (batches of 64; dotted: 400)", "index build (s)",
+                                "memory after build (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("models in the registry")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[2_000, 20_000, 200_000])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[2_000, 20_000, 200_000, 2_000_000])
     parser.add_argument("--kinds", nargs="+", default=["exact", "flat", "hnsw", "ivfpq"])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
+    parser.add_argument("--one", nargs=3, metavar=("MODELS", "KIND", "TRUTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:                                         # a child process: one row, as JSON on stdout
+        print(json.dumps(measure(int(args.one[0]), args.one[1], Path(args.one[2]))))
+        return
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.plot:
+        plot(results, args.out.with_suffix(".png"))
+        print(f"written: {args.out.with_suffix('.png')}")
+        return
     rows = results.setdefault("rows", {})
-    for n in args.sizes:
-        vectors = registry(n)
-        rng = np.random.default_rng([1, n])
-        queries = vectors[rng.integers(n, size=QUERIES)] + rng.normal(scale=0.05, size=(QUERIES, DIM)).astype(
-            np.float32)
-        truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] if n <= 200_000 else \
-            VectorIndex(vectors, kind="flat", exact_below=0).search(queries, 10)[1]
-        for kind in args.kinds:
-            row = {"models": n, **measure(vectors, queries, truth, kind)}
-            rows[f"{n}/{kind}"] = row
-            print(json.dumps(row), flush=True)
-            results["machine"] = {"cpu_count": __import__("os").cpu_count(), "note": "shared 2-core machine"}
-            atomic_write_text(args.out, json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(f"written: {args.out}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            truth = Path(tmp) / f"truth-{n}.npy"
+            exact_truth(n, truth)
+            for kind in args.kinds:
+                if kind == "exact" and n > 200_000:          # flat is the same search, without a 1024 x n matrix
+                    continue
+                done = subprocess.run([sys.executable, __file__, "--one", str(n), kind, str(truth)],
+                                      capture_output=True, text=True, check=True)
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows[f"{n}/{kind}"] = row
+                print(json.dumps(row), flush=True)
+                results["machine"] = {"cpu_count": os.cpu_count(), "faiss_threads": "default (all cores)"}
+                atomic_write_text(args.out, json.dumps(results, indent=1, sort_keys=True) + "\n")
+    plot(results, args.out.with_suffix(".png"))
+    print(f"written: {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
