@@ -403,7 +403,7 @@ def _interval_cells(view: RouterView) -> list[tuple[str, str]]:
     return cells + [(repr(ci["diff"]), f'{100 * ci["diff"]:+.1f} <span class="std">({p_text})</span>{tied}')]
 
 
-def _entry_row(rank: int, view: RouterView) -> str:
+def _entry_row(rank: int, view: RouterView, experiences: int) -> str:
     """One table row; ``rank`` 0 for a reference row (shown last, never ranked)."""
     e = view.entry
     s = e.scores
@@ -417,11 +417,19 @@ def _entry_row(rank: int, view: RouterView) -> str:
              _stat_cell(e.latency_p50_ms, percent=False), (str(len(e.seeds)), str(len(e.seeds)))]
     tds = "".join(f'<td data-value="{_e(v)}"{" class=num" if i not in (1, 2) else ""}>{body}</td>'
                   for i, (v, body) in enumerate(cells))
+    last = (view.matrices["domain"]["acc@1"] or [[]])[-1]
+    tds += "".join(_per_experience_cell(v) for v in last) + _per_experience_cell(None) * (experiences - len(last))
     return (f'<tr class="entry {view.kind}" data-target="{view.slug}" data-router="{_e(e.router)}" '
             f'tabindex="0">{tds}</tr>')
 
 
-def _reference_row(name: str, levels: dict) -> str:
+def _per_experience_cell(value: float | None) -> str:
+    """D-Acc on one experience's test set after the last experience (hidden until asked for)."""
+    return (f'<td class="num per-exp" data-value="{"" if value is None else repr(float(value))}">'
+            f'{_e(_pct(value))}</td>')
+
+
+def _reference_row(name: str, levels: dict, experiences: int) -> str:
     def cell(level: str, fld: str) -> tuple[str, str]:
         v = levels.get(level, {}).get(fld)
         return ("" if v is None else repr(float(v))), _e(_pct(v))
@@ -430,7 +438,7 @@ def _reference_row(name: str, levels: dict) -> str:
              cell("domain", "final_average_accuracy"), ("", "–"), ("", "–"), cell("domain", "forgetting"),
              cell("domain", "backward_transfer"), ("", "–"), ("", "–"), ("", "–")]
     tds = "".join(f'<td data-value="{_e(v)}"{" class=num" if i not in (1, 2) else ""}>{body}</td>'
-                  for i, (v, body) in enumerate(cells))
+                  for i, (v, body) in enumerate(cells)) + _per_experience_cell(None) * experiences
     return f'<tr class="expected" data-router="{_e(name)}">{tds}</tr>'
 
 
@@ -567,6 +575,8 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .controls input[type=search]{padding:4px 8px;border:1px solid var(--line);border-radius:4px;min-width:220px}
 table{border-collapse:collapse}
 #leaderboard{width:100%}
+#leaderboard .per-exp{display:none}
+#leaderboard.show-per-exp .per-exp{display:table-cell}
 .table-wrap{overflow-x:auto}
 #leaderboard th,#leaderboard td{padding:6px 9px;border-bottom:1px solid var(--line);white-space:nowrap}
 #leaderboard thead th{background:var(--head);text-align:left;cursor:pointer;user-select:none;position:sticky;top:0}
@@ -692,6 +702,8 @@ JS = """
   showExpected.addEventListener('change', applyFilters);
   filter.addEventListener('input', applyFilters);
   kindFilter.addEventListener('change', applyFilters);
+  var perExp = document.getElementById('show-per-exp');
+  perExp.addEventListener('change', function () { table.classList.toggle('show-per-exp', perExp.checked); });
   window.CMRBENCH_READY = true;
 })();
 """
@@ -727,10 +739,13 @@ def render_html(board: Leaderboard, views: list[RouterView], references: dict, n
             sort_attr = ' aria-sort="ascending"' if better == "low" else ' aria-sort="descending"'
         heads.append(f'<th data-key="{key}" data-type="{typ}" data-better="{better}" title="{_e(tip)}"'
                      f'{sort_attr}>{_e(label)}</th>')
+    T = max((len(v.matrices["domain"]["acc@1"]) for v in views), default=0)
+    heads += [f'<th class="per-exp" data-key="d_e{j}" data-type="num" data-better="high" title="domain-level '
+              f'Acc@1 on experience {j}\'s test set after the last experience (%)">D E{j}</th>' for j in range(1, T + 1)]
     ranked = [v for v in views if not v.entry.reference_row]
-    rows = [_entry_row(i, v) for i, v in enumerate(ranked, start=1)]
-    rows += [_entry_row(0, v) for v in views if v.entry.reference_row]   # references: shown, never ranked
-    rows += [_reference_row(name, refs) for name, refs in sorted(references.items())]
+    rows = [_entry_row(i, v, T) for i, v in enumerate(ranked, start=1)]
+    rows += [_entry_row(0, v, T) for v in views if v.entry.reference_row]   # references: shown, never ranked
+    rows += [_reference_row(name, refs, T) for name, refs in sorted(references.items())]
     details = "".join(_detail(v) for v in views)
     n_files = sum(len(v.entry.files) for v in views)
     notes_html = "".join(f'<p class="notes">{_e(n)}</p>' for n in notes or [])
@@ -758,6 +773,7 @@ def render_html(board: Leaderboard, views: list[RouterView], references: dict, n
   <div class="controls">
     <label><input type="checkbox" id="show-expected" checked> show exact reference rows</label>
     <input type="search" id="filter" placeholder="filter routers by name" aria-label="filter routers by name">
+    <label><input type="checkbox" id="show-per-exp"> D-Acc per experience</label>
     <label>type <select id="kind-filter"><option value="">all</option><option>trained</option>
       <option>zero-shot</option><option>reference</option></select></label>
     <span class="meta">click a column to sort, a row for details</span>

@@ -340,6 +340,16 @@ def test_page_in_headless_chromium(results_dir, synthetic_hub, tmp_path):
         vs = dict(v.split("|") for v in column("d_vs"))
         assert vs[entries[0]] == "0" and float(vs[entries[1]]) <= 0
         assert sorted(r for r, v in (c.split("|") for c in column("d_ci")) if v) == sorted(entries)
+        # D-Acc on each experience after the last one: hidden until asked for
+        visible_per_exp = "Array.from(document.querySelectorAll('#leaderboard th.per-exp')).filter(h => h.offsetParent)"
+        assert browser.js(f"{visible_per_exp}.length") == 0
+        browser.js("document.getElementById('show-per-exp').click()")
+        memo_row = next(r for r in data["routers"] if r["router"] == "memo")["matrices"]["domain"]["acc@1"][-1]
+        assert browser.js(f"{visible_per_exp}.length") == len(memo_row)
+        shown = browser.js("Array.from(document.querySelectorAll('tr[data-router=memo] td.per-exp'))"
+                           ".map(c => parseFloat(c.dataset.value))")
+        assert shown == pytest.approx(memo_row)
+        browser.js("document.getElementById('show-per-exp').click()")
         # the cross-router figures: one bar per ranked router at each of two levels, best first
         bars = browser.js("Array.from(document.querySelectorAll('.overview svg')).map(s => "
                           "Array.from(s.querySelectorAll('g.bar text')).map(t => t.textContent))")
