@@ -80,6 +80,9 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     # CARvE on the shared settings
     "carve-10/slow": ("carve-10", SLOW, "CARvE K = 64 on the shared settings"),
     "carve-10/slow+all": ("carve-10", SLOW + ["candidates=all"], "CARvE, every model a candidate, ACE"),
+    "carve-10/slow+memory": ("carve-10", SLOW + ["candidates=all", "softmax_scope=memory"],
+                             "CARvE's replay, anchoring and schedule; prompts scored as replay's (vs models with "
+                             "examples) instead of its candidate sets"),
     "naive/full": ("naive", SLOW + ["tau=0.05", "freeze_layers=0", "epochs=3"],
                    "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
 }
