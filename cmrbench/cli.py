@@ -117,7 +117,7 @@ def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, k
         print(f"{paths.results} is already complete; nothing to resume (--overwrite starts it again)")
     isolated = args.isolate
     main = is_main()                       # of several processes (torchrun, accelerate launch), the one that writes
-    if isolated and not (main and rank_and_size()[1] == 1):
+    if isolated and rank_and_size()[1] > 1:
         raise ValueError("--isolate runs the router in one worker process; it cannot be combined with a launch of "
                          "several processes (torchrun, accelerate launch)")
     results = evaluate(router, bench, out, seed=args.seed, top_k=args.top_k, batch_size=args.batch_size,

@@ -395,7 +395,7 @@ class Trainer:
         for hook in losses:
             extra = hook(ctx)
             if extra is not None:
-                extra = extra / processes if processes > 1 else extra
+                extra = extra / processes          # dividing by 1 is exact: one process is unchanged
                 loss = loss + extra
                 terms[hook.name] = float(extra.detach())
         loss.backward()
