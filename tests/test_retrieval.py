@@ -20,7 +20,7 @@ from cmrbench.baselines.retrieval.bm25 import BM25Router, RankBM25Router, Sparse
 from cmrbench.baselines.retrieval.cardtext import card_text
 from cmrbench.registry import load_router
 from cmrbench.baselines.retrieval.encoders import (EmbeddingCache, VectorIndex, cached_encode, default_cache_dir,
-                                                   folder_fingerprint)
+                                                   folder_fingerprint, top_indices)
 
 rank_bm25 = pytest.importorskip("rank_bm25")
 
@@ -272,6 +272,18 @@ def test_vector_index_faiss_equals_exact():
     (v1, i1), (v2, i2) = exact.search(queries, 20), flat.search(queries, 20)
     assert (i1 == i2).all()
     np.testing.assert_allclose(v1, v2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_indices_equal_a_stable_full_sort(seed):
+    """Partial selection keeps the ranking rule: best first, equal scores in column (model id) order, missing
+    and masked scores last."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, size=(5, 400)).astype(np.float32)    # many ties
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    scores[rng.random(scores.shape) < (0.99 if seed == 0 else 0.05)] = np.nan
+    for n in (1, 7, 50, 399, 400, 500):
+        np.testing.assert_array_equal(top_indices(scores, n), np.argsort(-scores, axis=1, kind="stable")[:, :n])
 
 
 def test_approximate_indexes_recall_exact_search():

@@ -34,6 +34,7 @@ import polars as pl
 from cmrbench.protocol import Ranking, RouterMeta
 
 from .cardtext import TEMPLATES, card_text
+from .encoders import top_indices
 
 TIE_BREAKS = {
     "model-id": "model id ascending",
@@ -44,7 +45,7 @@ TIE_BREAKS = {
 def top_rankings(scores: np.ndarray, ids: Sequence[str], top_k: int) -> list[Ranking]:
     """``[n_prompts, n_models]`` scores -> the top ``top_k`` (id, score) per row, best first; equal scores keep
     column order (``ids`` sorted ascending makes that the tie rule); non-finite scores are left out."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    order = top_indices(scores, top_k)
     return [[(ids[i], float(row[i])) for i in idx if np.isfinite(row[i])] for row, idx in zip(scores, order)]
 
 

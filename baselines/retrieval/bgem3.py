@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .base import CardRetriever
-from .encoders import cached_encode_multi, make_cache, model_identity, resolve_device
+from .encoders import cached_encode_multi, make_cache, model_identity, resolve_device, top_indices
 
 PAPER_MODEL = "BAAI/bge-m3"
 PAPER_RERANKER = "BAAI/bge-reranker-v2-m3"
@@ -198,7 +198,7 @@ class BGEM3Router(CardRetriever):
         if not self.reranker_name or self.rerank_top <= 0:
             return scores
         masked = scores if candidates is None else np.where(candidates, scores, -np.inf)
-        order = np.argsort(-masked, axis=1, kind="stable")[:, :self.rerank_top]
+        order = top_indices(masked, self.rerank_top)
         pairs, where = [], []
         for r, (query, cards) in enumerate(zip(queries, order)):
             for c in cards:

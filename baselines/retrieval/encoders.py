@@ -327,8 +327,31 @@ class VectorIndex:
                 self._faiss.hnsw.efSearch = max(self._ef, 2 * n)
             return self._faiss.search(q, n)
         s = self.scores(q)
-        idx = np.argsort(-s, axis=1, kind="stable")[:, :n]
+        idx = top_indices(s, n)
         return np.take_along_axis(s, idx, axis=1), idx
+
+
+def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
+    """Column indices of the ``n`` largest scores of each row, best first, equal scores in column order:
+    exactly ``np.argsort(-scores, axis=1, kind="stable")[:, :n]``, without sorting whole rows.
+
+    Each row is partitioned around its n-th largest score; only the columns at or above it (ties included)
+    are sorted, so routing over a large registry costs O(N) per prompt instead of O(N log N). A row whose
+    n-th score is not finite (NaN, or fewer than n finite scores) is sorted whole.
+    """
+    n_cols = scores.shape[1]
+    if n >= n_cols or n_cols < 4 * n:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    neg = -scores
+    kth = np.partition(neg, n - 1, axis=1)[:, n - 1]
+    out = np.empty((len(scores), n), dtype=np.int64)
+    for i, (row, bound) in enumerate(zip(neg, kth)):
+        if not np.isfinite(bound):
+            out[i] = np.argsort(row, kind="stable")[:n]
+            continue
+        kept = np.flatnonzero(row <= bound)
+        out[i] = kept[np.argsort(row[kept], kind="stable")[:n]]
+    return out
 
 
 def make_cache(cache_dir: str | Path | bool | None) -> EmbeddingCache | None:
