@@ -10,6 +10,7 @@ import polars as pl
 
 from . import metrics as M
 from .data import Benchmark
+from .fileio import sha256_file
 from .results import LEVELS, Results, load_results
 from .scoring import PredictionsError, derived_fields
 
@@ -56,13 +57,33 @@ def recompute(results_path: Path, data: Path | Benchmark) -> tuple[Results, dict
     return results, {k: as_json[k] for k in derived}
 
 
+# (sha256 of the results file, of its predictions, build manifest, split) -> what verify() accepted; content
+# addressed, so a page that needs a file twice verifies it once and an edited file is verified anew
+_VERIFIED: dict[tuple[str, str, str, str], Results] = {}
+
+
+def _content_key(results_path: Path, bench: Benchmark) -> tuple[str, str, str, str] | None:
+    try:
+        results = load_results(results_path)
+        predictions = Path(results_path).parent / results.predictions_file
+        if Path(results.predictions_file).name != results.predictions_file or not predictions.is_file():
+            return None
+        return sha256_file(results_path), sha256_file(predictions), bench.manifest_sha256, bench.eval_split
+    except (OSError, ValueError):
+        return None                 # verify() itself reports what is wrong
+
+
 def verify(results_path: Path, data: Path | Benchmark) -> Results:
     """Load a results file only if every number in it is what its predictions give on the build.
 
     Refuses (naming the fields) a file whose matrices, summaries, rates, reference rows or status were edited,
     and (naming the prompt) one whose predictions are missing, duplicated, redirected or malformed.
-    Timings and hardware are measurements and cannot be checked this way.
+    Timings and hardware are measurements and cannot be checked this way. Within a process, files with the
+    same bytes as ones already verified on the same build are not recomputed.
     """
+    key = _content_key(results_path, data) if isinstance(data, Benchmark) else None
+    if key is not None and key in _VERIFIED:
+        return _VERIFIED[key].model_copy(deep=True)
     results, derived = recompute(results_path, data)
     stored = results.model_dump(mode="json")
     differ = sorted(k for k, v in derived.items() if stored[k] != v)
@@ -70,6 +91,8 @@ def verify(results_path: Path, data: Path | Benchmark) -> Results:
         raise ResultsMismatchError(f"{results_path}: {', '.join(differ)} differ from what its predictions give on "
                                    "this build; the file was edited or corrupted (`cmrbench rescore --write` "
                                    "recomputes them)")
+    if key is not None and key == _content_key(results_path, data):   # unchanged while it was checked
+        _VERIFIED[key] = results.model_copy(deep=True)
     return results
 
 

@@ -181,6 +181,28 @@ def test_edited_numbers_are_refused_by_every_reader(edit, scored, synthetic_hub,
         compare(path, path, synthetic_hub, n_resamples=10)
 
 
+def test_a_file_verified_once_is_verified_again_once_edited(scored, synthetic_hub, tmp_path, monkeypatch):
+    """A page reads each results file twice; the second read is not recomputed, unless the bytes changed."""
+    import json
+
+    from cmrbench import analysis
+    from cmrbench.data import Benchmark
+
+    bench = Benchmark(synthetic_hub)
+    path = _copy(scored, tmp_path)
+    first = analysis.verify(path, bench)
+    calls = []
+    recompute = analysis.recompute
+    monkeypatch.setattr(analysis, "recompute", lambda *a: calls.append(a) or recompute(*a))
+    assert analysis.verify(path, Benchmark(synthetic_hub)) == first and not calls
+    data = json.loads(path.read_text())
+    data["summary"]["domain"]["final_average_accuracy"] = 0.99
+    path.write_text(json.dumps(data))
+    with pytest.raises(analysis.ResultsMismatchError):
+        analysis.verify(path, bench)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("damage", ["duplicate", "drop", "redirect", "missing-file", "corrupt-file"])
 def test_damaged_predictions_are_refused(damage, scored, synthetic_hub, tmp_path):
     import polars as pl
