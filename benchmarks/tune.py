@@ -78,11 +78,16 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "replay-10/slow+memory": ("replay-10", SLOW + ["softmax_scope=memory"],
                               "replay 10 %, slow, replayed prompts vs models with examples"),
     # CARvE on the shared settings
-    "carve-10/slow": ("carve-10", SLOW, "CARvE K = 64 on the shared settings"),
+    "carve-10/slow": ("carve-10", SLOW + ["softmax_scope=all"], "CARvE K = 64 on the shared settings"),
     "carve-10/slow+all": ("carve-10", SLOW + ["candidates=all"], "CARvE, every model a candidate, ACE"),
     "carve-10/slow+memory": ("carve-10", SLOW + ["candidates=all", "softmax_scope=memory"],
                              "CARvE's replay, anchoring and schedule; prompts scored as replay's (vs models with "
                              "examples) instead of its candidate sets"),
+    # the same candidate sets, drawn only from the models an example may be contrasted with (softmax_scope)
+    "carve-10/slow+sets-ace": ("carve-10", SLOW + ["softmax_scope=experience"],
+                               "CARvE, current prompts' candidates from this experience's models only"),
+    "carve-10/slow+sets-memory": ("carve-10", SLOW + ["softmax_scope=memory"],
+                                  "CARvE, and replayed prompts' candidates from the models with an example"),
     "naive/full": ("naive", SLOW + ["tau=0.05", "freeze_layers=0", "epochs=3"],
                    "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
 }

@@ -63,6 +63,20 @@ def test_candidates_never_exceed_the_registry(k, gold, seed, pool):
     assert cands[0] == gold and len(cands) == min(k, 100) and len(set(cands.tolist())) == len(cands)
 
 
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(2, 80), seed=st.integers(0, 10), pool=st.sampled_from(["domain", "category"]),
+       kept=st.sets(st.integers(0, 99), min_size=1, max_size=60))
+def test_scoped_candidates_stay_in_their_pool(k, seed, pool, kept):
+    """softmax_scope: an example is never contrasted with a model outside its pool, not even a mined one."""
+    gold = min(kept)
+    domains = [d for d in CATS for _ in range(20)]
+    index = ModelIndex(domains, CATS, pool=kept)
+    cands = build_candidates(gold, domains[gold], index, CandidateConfig(k=k, semantic_pool=pool),
+                             np.random.default_rng(seed), hard_pool=list(range(100)))
+    assert cands[0] == gold and set(cands.tolist()) <= kept
+    assert len(cands) == min(k, len(kept)) and len(set(cands.tolist())) == len(cands)
+
+
 def test_soft_targets_sum_to_one_and_favour_neighbours():
     index = _index(4)
     families = [f"fam{r % 3}" for r in range(index.size)]

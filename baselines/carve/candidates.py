@@ -6,6 +6,7 @@ example is O(K d) whatever the registry size. Candidates are registry indices.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,15 +24,22 @@ class CandidateConfig:
 
 @dataclass
 class ModelIndex:
-    """Registry rows grouped for sampling: by domain, and domains grouped by category."""
+    """Registry rows grouped for sampling: by domain, and domains grouped by category.
+
+    ``pool``: the rows candidates may be drawn from (default: every row), e.g. the models of the current
+    experience only, so that an example is never contrasted with a model outside its scope.
+    """
 
     domain_of: list[str]                 # registry row -> its (first) domain
     category_of: dict[str, str]          # domain -> category
+    pool: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
+        self.rows = np.arange(len(self.domain_of)) if self.pool is None else np.asarray(sorted(self.pool), dtype=int)
+        self.members = set(self.rows.tolist())
         self.by_domain: dict[str, np.ndarray] = {}
-        for row, d in enumerate(self.domain_of):
-            self.by_domain.setdefault(d, []).append(row)
+        for row in self.rows.tolist():
+            self.by_domain.setdefault(self.domain_of[row], []).append(row)
         self.by_domain = {d: np.asarray(rows) for d, rows in self.by_domain.items()}
         self.related: dict[str, list[str]] = {}
         for d in sorted(self.by_domain):
@@ -45,7 +53,8 @@ class ModelIndex:
 
     @property
     def size(self) -> int:
-        return len(self.domain_of)
+        """How many rows candidates are drawn from."""
+        return len(self.rows)
 
 
 def _take(pool: np.ndarray, n: int, taken: set[int], rng: np.random.Generator) -> list[int]:
@@ -58,7 +67,8 @@ def _take(pool: np.ndarray, n: int, taken: set[int], rng: np.random.Generator) -
 
 def build_candidates(gold: int, domain: str, index: ModelIndex, config: CandidateConfig,
                      rng: np.random.Generator, hard_pool: list[int] | None = None) -> np.ndarray:
-    """Candidate registry rows for one example; the positive is at position 0, no duplicates.
+    """Candidate registry rows for one example; the positive is at position 0, no duplicates, every negative
+    in ``index``'s pool.
 
     Hard negatives come from ``hard_pool`` (the mined confusers of this (domain, gold)). Then, with
     ``semantic_pool="domain"``: semantic ones from the gold domain, then from up to ``max_related_domains``
@@ -77,7 +87,7 @@ def build_candidates(gold: int, domain: str, index: ModelIndex, config: Candidat
                 chosen.append(r)
                 taken.add(r)
 
-    add(_take(np.asarray(hard_pool or [], dtype=int), config.hard, taken, rng))
+    add(_take(np.asarray([r for r in hard_pool or [] if r in index.members], dtype=int), config.hard, taken, rng))
     if config.semantic_pool == "category":
         before = len(chosen)
         add(_take(index.by_category.get(index.category_of.get(domain), np.zeros(0, dtype=int)), config.semantic,
@@ -85,7 +95,7 @@ def build_candidates(gold: int, domain: str, index: ModelIndex, config: Candidat
         shortfall = config.semantic - (len(chosen) - before)
         outside = np.asarray([r for d, rows in index.by_domain.items() if d != domain for r in rows], dtype=int)
         add(_take(outside, config.far + shortfall, taken, rng))
-        add(_take(np.arange(index.size), k - len(chosen), taken, rng))
+        add(_take(index.rows, k - len(chosen), taken, rng))
         return np.asarray(chosen, dtype=np.int64)
     if config.semantic_pool != "domain":
         raise ValueError(f"semantic_pool must be 'domain' or 'category', not {config.semantic_pool!r}")
@@ -99,7 +109,7 @@ def build_candidates(gold: int, domain: str, index: ModelIndex, config: Candidat
     near = set(index.related.get(domain, [])[:config.max_related_domains]) | {domain}
     far_rows = np.asarray([r for d, rows in index.by_domain.items() if d not in near for r in rows], dtype=int)
     add(_take(far_rows, config.far + max(0, want - len(chosen)), taken, rng))
-    add(_take(np.arange(index.size), k - len(chosen), taken, rng))  # shortfalls
+    add(_take(index.rows, k - len(chosen), taken, rng))  # shortfalls
     return np.asarray(chosen, dtype=np.int64)
 
 

@@ -70,12 +70,13 @@ class CarveCandidates:
     """Candidate sets with mined hard negatives; soft targets outside phase 1."""
 
     def __init__(self, router: TrainableRouter, frame: pl.DataFrame, index: ModelIndex, families: list[str],
-                 seed: int):
+                 seed: int, current: tuple[int, ModelIndex] | None = None):
         c = router.cfg
         self.cfg = c
         self.frame = frame                       # the training examples, mined for hard negatives
         self.phase = phase_of(router)
-        self.index = index
+        self.index = index                       # where candidates are drawn from
+        self.current = current                   # (experience, its own index): its examples' candidates instead
         self.families = families
         self.config = CandidateConfig(k=c["num_candidates"], hard=c["hard_negatives"], semantic=c["semantic_negatives"],
                                       far=c["far_negatives"], max_related_domains=c["max_related_domains"],
@@ -103,10 +104,12 @@ class CarveCandidates:
         golds = batch.targets.tolist()
         domains = batch.frame["domain"].to_list()
         families = batch.frame["family"].to_list()
+        experiences = batch.frame["experience"].to_list()
         rows, targets = [], []
         soft = self.cfg["soft_epsilon"] > 0 and not (self.phase is not None and self.phase.in_phase1)
-        for gold, domain, family in zip(golds, domains, families):
-            cands = build_candidates(gold, domain, self.index, self.config, self.rng, self.cache.get(domain, gold))
+        for gold, domain, family, exp in zip(golds, domains, families, experiences):
+            index = self.current[1] if self.current is not None and exp == self.current[0] else self.index
+            cands = build_candidates(gold, domain, index, self.config, self.rng, self.cache.get(domain, gold))
             rows.append(cands)
             if soft:
                 targets.append(soft_targets(cands, domain, self.index, self.families, family,
@@ -194,9 +197,12 @@ class CarvePlugin(StrategyPlugin):
             return None
         net = router.ensure_net()
         domains = [self.model_domain.get(m, "unknown") for m in net.registry.ids]
-        index = ModelIndex(domains, {d: self.category.get(d, d) for d in set(domains)})  # no prompt yet: its own
+        categories = {d: self.category.get(d, d) for d in set(domains)}  # a domain with no prompt yet: its own
+        scope, old_scope = router.scoring_scopes(experience, examples)
+        current = None if scope is None else (experience.current_experience, ModelIndex(domains, categories, scope))
         families = [self.model_family.get(m, m) for m in net.registry.ids]
-        return CarveCandidates(router, examples, index, families, router.seed * 1000 + experience.current_experience)
+        return CarveCandidates(router, examples, ModelIndex(domains, categories, old_scope), families,
+                               router.seed * 1000 + experience.current_experience, current)
 
     def batch_sampler(self, router: TrainableRouter, experience: Experience):
         size, per_batch = router.cfg["batch_size"], router.cfg["domains_per_batch"]

@@ -229,22 +229,37 @@ class TrainableRouter:
                 return sampler
         if self.cfg["candidates"] == "all":
             registry = self.ensure_net().registry
-            scope = self.cfg["softmax_scope"]
-            if scope not in ("all", "experience", "memory"):
-                raise ValueError(f"softmax_scope must be 'all', 'experience' or 'memory', not {scope!r}")
             rows: dict[str, list[int]] = {}
             for model_id, domains in experience.models.select("model_id", "domains").rows():
                 for d in domains:
                     rows.setdefault(d, []).append(registry.index[model_id])
-            present = sorted(set(examples["model_id"].to_list()) | set(experience.classes_in_this_experience))
-            return AllModels(float(self.cfg["domain_smoothing"]), rows,
-                             scope=(registry.rows(sorted(experience.classes_in_this_experience)).tolist()
-                                    if scope != "all" else None),
-                             current=experience.current_experience,
-                             old_scope=registry.rows(present).tolist() if scope == "memory" else None)
+            scope, old_scope = self.scoring_scopes(experience, examples)
+            return AllModels(float(self.cfg["domain_smoothing"]), rows, scope=scope,
+                             current=experience.current_experience, old_scope=old_scope)
         if self.cfg["candidates"] == "sampled":
             return RandomCandidates(self.cfg["num_candidates"], self.seed * 1000 + experience.current_experience)
         raise ValueError(f"candidates must be 'all' or 'sampled', not {self.cfg['candidates']!r}")
+
+    def scoring_scopes(self, experience: Experience, examples: pl.DataFrame) -> tuple[list[int] | None,
+                                                                                     list[int] | None]:
+        """The registry rows a training example is contrasted with, by ``softmax_scope``: (for examples of
+        the current experience, for examples of earlier ones); None is every registered model.
+
+        ``all``: every model for both. ``experience`` (ER-ACE): current examples vs this experience's models.
+        ``memory``: that, and earlier examples (replayed, kept) vs the models with an example in ``examples``,
+        so no old model without a prompt of its own is ever pushed down.
+        """
+        scope = self.cfg["softmax_scope"]
+        if scope not in ("all", "experience", "memory"):
+            raise ValueError(f"softmax_scope must be 'all', 'experience' or 'memory', not {scope!r}")
+        if scope == "all":
+            return None, None
+        registry = self.ensure_net().registry
+        current = registry.rows(sorted(experience.classes_in_this_experience)).tolist()
+        if scope == "experience":
+            return current, None
+        present = sorted(set(examples["model_id"].to_list()) | set(experience.classes_in_this_experience))
+        return current, registry.rows(present).tolist()
 
     def batch_sampler(self, experience: Experience) -> BatchSampler:
         for plugin in self.plugins:
