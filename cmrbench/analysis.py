@@ -17,13 +17,18 @@ from .scoring import PredictionsError, derived_fields
 _GOLD = {"model": "model_id", "family": "family", "domain": "domain"}
 
 
-def _predictions(results: Results, results_path: Path) -> pl.DataFrame:
+def _predictions_path(results: Results, results_path: Path) -> Path:
     path = Path(results_path).parent / results.predictions_file
     if Path(results.predictions_file).name != results.predictions_file:
         raise ValueError(f"{results_path}: predictions_file must be a file name beside it, not "
                          f"{results.predictions_file!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} (predictions of {results_path}) is missing")
+    return path
+
+
+def _predictions(results: Results, results_path: Path) -> pl.DataFrame:
+    path = _predictions_path(results, results_path)
     try:
         return pl.read_parquet(path)
     except Exception as err:  # noqa: BLE001 - polars raises several types for a damaged file
@@ -64,10 +69,7 @@ _VERIFIED: dict[tuple[str, str, str, str], Results] = {}
 
 def _content_key(results_path: Path, bench: Benchmark) -> tuple[str, str, str, str] | None:
     try:
-        results = load_results(results_path)
-        predictions = Path(results_path).parent / results.predictions_file
-        if Path(results.predictions_file).name != results.predictions_file or not predictions.is_file():
-            return None
+        predictions = _predictions_path(load_results(results_path), results_path)
         return sha256_file(results_path), sha256_file(predictions), bench.manifest_sha256, bench.eval_split
     except (OSError, ValueError):
         return None                 # verify() itself reports what is wrong
