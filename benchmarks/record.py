@@ -155,7 +155,7 @@ def main() -> None:
         for name in args.rows:
             router, router_args, seeds = ROWS[name]
             states = ", ".join(f"{s}: {status(args.out, name, s)}" for s in seeds)
-            print(f"{name:18s} {router} {' '.join(router_args):28s} {states}")
+            print(f"{name:18s} {' '.join([router, *router_args]):38s} {states}")
         return
     if args.reproductions:
         for name in args.rows:
