@@ -88,6 +88,17 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
                                "CARvE, current prompts' candidates from this experience's models only"),
     "carve-10/slow+sets-memory": ("carve-10", SLOW + ["softmax_scope=memory"],
                                   "CARvE, and replayed prompts' candidates from the models with an example"),
+    # CARvE learns the current experience worse than naive from E1 on, before replay, anchoring or the two-phase
+    # schedule act: what differs there is its sets (38 of 63 negatives from the gold domain) and its batches
+    "carve-10/sets-ace+far": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=10",
+                                                  "far_negatives=38"], "CARvE, 10 same-domain negatives, 38 far"),
+    "carve-10/sets-ace+far48": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
+                                                    "far_negatives=48"], "CARvE, no same-domain negatives, 48 far"),
+    "carve-10/sets-ace+far63": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
+                                                    "hard_negatives=0", "far_negatives=63"],
+                                "CARvE, no same-domain or mined negatives: 63 far (random within the scope)"),
+    "carve-10/sets-ace+shuffled": ("carve-10", SLOW + ["softmax_scope=experience", "domains_per_batch=0"],
+                                   "CARvE, plainly shuffled batches instead of 2 domains per batch"),
     "naive/full": ("naive", SLOW + ["tau=0.05", "freeze_layers=0", "epochs=3"],
                    "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
 }
