@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -109,11 +108,8 @@ def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, k
     if args.run_name:
         router.meta = router.meta.model_copy(update={"name": args.run_name})
     paths = RunPaths.for_run(out, router.meta.name, bench, args.seed)
-    if args.overwrite:       # this run's own files only, found by their exact names
-        for p in (paths.results, paths.predictions):
-            p.unlink(missing_ok=True)
-        shutil.rmtree(paths.checkpoints, ignore_errors=True)
-    if args.resume and paths.results.is_file() and load_results(paths.results).status == "complete":
+    if (args.resume and not args.overwrite and paths.results.is_file()
+            and load_results(paths.results).status == "complete"):
         print(f"{paths.results} is already complete; nothing to resume (--overwrite starts it again)")
     isolated = args.isolate
     main = is_main()                       # of several processes (torchrun, accelerate launch), the one that writes
@@ -123,7 +119,8 @@ def _run(router, router_spec: str, bench, out: Path, args: argparse.Namespace, k
     results = evaluate(router, bench, out, seed=args.seed, top_k=args.top_k, batch_size=args.batch_size,
                        timeout=None if isolated else args.timeout,
                        learn_timeout=None if isolated else args.learn_timeout,       # the worker enforces them
-                       resume=args.resume, on_unknown_id=args.on_unknown_id, progress=not args.no_progress,
+                       resume=args.resume, overwrite=args.overwrite, on_unknown_id=args.on_unknown_id,
+                       progress=not args.no_progress,
                        command=["cmrbench", *args.argv], router_spec=router_spec,
                        loggers=[make_logger(spec) for spec in args.log or []] if main else [])
     if not main:

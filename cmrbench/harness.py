@@ -13,9 +13,11 @@ import hashlib
 import math
 import random
 import re
+import shutil
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +31,7 @@ from . import __version__
 from . import metrics as M
 from .data import Benchmark
 from .distributed import barrier, init_from_env, is_main
-from .fileio import atomic_write
+from .fileio import atomic_write, exclusive_lock
 from .isolation import IsolatedRouter
 from .loggers import Logger
 from .progress import switched as progress_switched
@@ -152,11 +154,19 @@ class RunPaths:
     results: Path
     predictions: Path
     checkpoints: Path
+    lock: Path                           # held by the process writing the run (exclusive_lock)
 
     @classmethod
     def for_run(cls, out_dir: Path, router_name: str, benchmark: Benchmark, seed: int) -> RunPaths:
         stem = f"{slug(router_name)}__{slug(benchmark.name)}__seed{seed}"
-        return cls(out_dir / f"{stem}.json", out_dir / f"{stem}.predictions.parquet", out_dir / f"{stem}.checkpoints")
+        return cls(out_dir / f"{stem}.json", out_dir / f"{stem}.predictions.parquet", out_dir / f"{stem}.checkpoints",
+                   out_dir / f".{stem}.lock")
+
+    def discard(self) -> None:
+        """Delete this run's own files, found by their exact names (nothing else in the folder)."""
+        for p in (self.results, self.predictions):
+            p.unlink(missing_ok=True)
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
 
 
 def _switching_progress(run: Callable[..., Results]) -> Callable[..., Results]:
@@ -172,13 +182,18 @@ def _switching_progress(run: Callable[..., Results]) -> Callable[..., Results]:
 @_switching_progress
 def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed: int = 0, top_k: int = 10,
              batch_size: int = 64, timeout: float | None = None, learn_timeout: float | None = None,
-             resume: bool = False, on_unknown_id: str = "error", progress: bool = True,
+             resume: bool = False, overwrite: bool = False, on_unknown_id: str = "error", progress: bool = True,
              command: list[str] | None = None, router_spec: str | None = None,
              loggers: Sequence[Logger] = ()) -> Results:
     """Run the protocol for ``router`` on ``benchmark``; write results JSON + predictions into ``out_dir``.
 
     ``command`` and ``router_spec`` (the command line and the ``--router`` given) go into the run record.
     ``loggers`` (:mod:`cmrbench.loggers`) are called after every finished experience and closed at the end.
+
+    ``overwrite`` deletes an earlier run of the same name (its results, predictions and checkpoints only) first.
+    The writing process holds ``RunPaths.lock`` from before that until the run ends, so a second process
+    started on the same run (same router name, benchmark and seed in ``out_dir``) stops at once with
+    :class:`~cmrbench.fileio.LockedError` instead of deleting or interleaving the first one's files.
 
     ``timeout`` bounds each ``route`` call and ``learn_timeout`` each ``learn`` call (seconds; a late call stops
     the run with an error; the late call itself cannot be interrupted in this process, see ``--isolate``).
@@ -205,89 +220,93 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
     paths = RunPaths.for_run(Path(out_dir), name, benchmark, seed)
     init_from_env()                      # launched as several processes (torchrun, accelerate launch)
     main = is_main()                     # the one that writes and prints
-    if main:
-        paths.results.parent.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
-    T = benchmark.n_experiences
-    predictions = pl.DataFrame(schema=PREDICTION_SCHEMA)
-    learn_s: list[float] = []
-    route_s: list[float] = []
-    call_seconds: list[float] = []
-    call_sizes: list[int] = []
-    start = 0
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if resume and paths.results.exists():
-        previous = load_results(paths.results)
-        started_at = previous.run.started_at if previous.run else started_at
-        start, predictions, learn_s, route_s = _resume_state(router, benchmark, paths, seed, top_k, progress)
-    elif paths.results.exists() and not resume:
-        raise ResumeError(f"{paths.results} exists; pass --resume to continue it or --overwrite to start again.")
-    barrier()                            # every process has looked before the main one writes
-    for t in range(start + 1, T + 1):
-        experience = benchmark.train_stream[t - 1]
-        where = f"router '{name}', experience {t}"
-        t0 = time.perf_counter()
-        try:
-            _call(lambda: router.learn(experience), learn_timeout, f"{where}: learn()")
-        except RouterCallError:
-            raise
-        except Exception as err:
-            raise RouterCallError(f"{where}: learn() raised {type(err).__name__}: {err}") from err
-        learn_s.append(time.perf_counter() - t0)
-        if isinstance(router, CheckpointableRouter) and main:
-            router.save(paths.checkpoints / f"after_{t}")
-        seen = benchmark.label_registry(t).model_ids
-        rows = []
-        spent = 0.0
-        tests = [(j, benchmark.test_set(j)) for j in range(1, t + 1)]
-        bar = tqdm(total=sum(g.height for _, g in tests), desc=f"experience {t}/{T}: routing", unit="prompt",
-                   disable=not progress, leave=False)
-        for j, gold in tests:
-            prompts = gold["prompt"].to_list()
-            for lo in range(0, len(prompts), batch_size):
-                batch = prompts[lo:lo + batch_size]
-                at = f"{where}, test set {j}"
-                c0 = time.perf_counter()
-                try:
-                    if gold_access:
-                        answer = _call(lambda: router.route_with_gold(batch, top_k, gold.slice(lo, len(batch))),
-                                       timeout, f"{at}: route()")
-                    else:
-                        answer = _call(lambda: router.route(batch, top_k), timeout,
-                                       f"{at}, prompt indices {lo}..{lo + len(batch) - 1}: route()")
-                except RouterCallError:
-                    raise
-                except Exception as err:
-                    raise RouterCallError(f"{at}, prompt indices {lo}..{lo + len(batch) - 1}: route() raised "
-                                          f"{type(err).__name__}: {err}") from err
-                elapsed = time.perf_counter() - c0
-                spent += elapsed
-                call_seconds.append(elapsed)
-                call_sizes.append(len(batch))
-                ids, scores = check_rankings(answer, len(batch), top_k, seen, on_unknown_id, at, lo)
-                rows.extend({"after_experience": t, "test_experience": j, "prompt_id": pid, "model_ids": i,
-                             "scores": s} for pid, i, s in zip(gold["prompt_id"][lo:lo + len(batch)], ids, scores))
-                bar.update(len(batch))
-        bar.close()
-        route_s.append(spent)
-        predictions = pl.concat([predictions, pl.DataFrame(rows, schema=PREDICTION_SCHEMA)])
-        results = build_results(router, benchmark, predictions, t, seed, top_k, learn_s, route_s,
-                                call_seconds, call_sizes, paths, run_record(started_at, command, router_spec))
-        if not main:
-            continue
-        atomic_write(paths.predictions, predictions.write_parquet)
-        save_results(results, paths.results)
+    with exclusive_lock(paths.lock, f"run {paths.results.name}") if main else nullcontext():
+        if overwrite and main:
+            paths.discard()
+        barrier()                        # the earlier run is gone before any process looks for it
+        if main:
+            paths.results.parent.mkdir(parents=True, exist_ok=True)
+        seed_everything(seed)
+        T = benchmark.n_experiences
+        predictions = pl.DataFrame(schema=PREDICTION_SCHEMA)
+        learn_s: list[float] = []
+        route_s: list[float] = []
+        call_seconds: list[float] = []
+        call_sizes: list[int] = []
+        start = 0
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if resume and paths.results.exists():
+            previous = load_results(paths.results)
+            started_at = previous.run.started_at if previous.run else started_at
+            start, predictions, learn_s, route_s = _resume_state(router, benchmark, paths, seed, top_k, progress)
+        elif paths.results.exists() and not resume:
+            raise ResumeError(f"{paths.results} exists; pass --resume to continue it or --overwrite to start again.")
+        barrier()                            # every process has looked before the main one writes
+        for t in range(start + 1, T + 1):
+            experience = benchmark.train_stream[t - 1]
+            where = f"router '{name}', experience {t}"
+            t0 = time.perf_counter()
+            try:
+                _call(lambda: router.learn(experience), learn_timeout, f"{where}: learn()")
+            except RouterCallError:
+                raise
+            except Exception as err:
+                raise RouterCallError(f"{where}: learn() raised {type(err).__name__}: {err}") from err
+            learn_s.append(time.perf_counter() - t0)
+            if isinstance(router, CheckpointableRouter) and main:
+                router.save(paths.checkpoints / f"after_{t}")
+            seen = benchmark.label_registry(t).model_ids
+            rows = []
+            spent = 0.0
+            tests = [(j, benchmark.test_set(j)) for j in range(1, t + 1)]
+            bar = tqdm(total=sum(g.height for _, g in tests), desc=f"experience {t}/{T}: routing", unit="prompt",
+                       disable=not progress, leave=False)
+            for j, gold in tests:
+                prompts = gold["prompt"].to_list()
+                for lo in range(0, len(prompts), batch_size):
+                    batch = prompts[lo:lo + batch_size]
+                    at = f"{where}, test set {j}"
+                    c0 = time.perf_counter()
+                    try:
+                        if gold_access:
+                            answer = _call(lambda: router.route_with_gold(batch, top_k, gold.slice(lo, len(batch))),
+                                           timeout, f"{at}: route()")
+                        else:
+                            answer = _call(lambda: router.route(batch, top_k), timeout,
+                                           f"{at}, prompt indices {lo}..{lo + len(batch) - 1}: route()")
+                    except RouterCallError:
+                        raise
+                    except Exception as err:
+                        raise RouterCallError(f"{at}, prompt indices {lo}..{lo + len(batch) - 1}: route() raised "
+                                              f"{type(err).__name__}: {err}") from err
+                    elapsed = time.perf_counter() - c0
+                    spent += elapsed
+                    call_seconds.append(elapsed)
+                    call_sizes.append(len(batch))
+                    ids, scores = check_rankings(answer, len(batch), top_k, seen, on_unknown_id, at, lo)
+                    rows.extend({"after_experience": t, "test_experience": j, "prompt_id": pid, "model_ids": i,
+                                 "scores": s} for pid, i, s in zip(gold["prompt_id"][lo:lo + len(batch)], ids, scores))
+                    bar.update(len(batch))
+            bar.close()
+            route_s.append(spent)
+            predictions = pl.concat([predictions, pl.DataFrame(rows, schema=PREDICTION_SCHEMA)])
+            results = build_results(router, benchmark, predictions, t, seed, top_k, learn_s, route_s,
+                                    call_seconds, call_sizes, paths, run_record(started_at, command, router_spec))
+            if not main:
+                continue
+            atomic_write(paths.predictions, predictions.write_parquet)
+            save_results(results, paths.results)
+            for logger in loggers:
+                logger.log_experience(t, results)
+            if progress:
+                d = results.summary["domain"]
+                tqdm.write(f"{name}: experience {t}/{T} learnt in {learn_s[-1]:.0f} s; D-Acc average "
+                           f"{100 * d.final_average_accuracy:.1f}"
+                           + (f", D forgetting {100 * d.forgetting:.1f}" if d.forgetting is not None else ""))
         for logger in loggers:
-            logger.log_experience(t, results)
-        if progress:
-            d = results.summary["domain"]
-            tqdm.write(f"{name}: experience {t}/{T} learnt in {learn_s[-1]:.0f} s; D-Acc average "
-                       f"{100 * d.final_average_accuracy:.1f}"
-                       + (f", D forgetting {100 * d.forgetting:.1f}" if d.forgetting is not None else ""))
-    for logger in loggers:
-        logger.close()
-    barrier()                            # the files are written when any process returns
-    return load_results(paths.results) if start == T else results
+            logger.close()
+        barrier()                            # the files are written when any process returns
+        return load_results(paths.results) if start == T else results
 
 
 def build_results(router: Router, benchmark: Benchmark, predictions: pl.DataFrame, finished: int, seed: int,

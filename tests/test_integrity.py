@@ -314,6 +314,37 @@ def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_do(sy
     assert "already complete; nothing to resume" in capsys.readouterr().out
 
 
+def test_a_second_process_on_a_running_run_stops_and_deletes_nothing(synthetic_hub, tmp_path, capsys):
+    """Two `cmrbench evaluate` of the same run (an orphan of a killed launcher, a double-click) must not
+    interleave or --overwrite each other's files; a holder that dies leaves no stale lock behind."""
+    import subprocess
+    import sys
+
+    from cmrbench.cli import main
+    from cmrbench.data import Benchmark
+    from cmrbench.fileio import exclusive_lock
+    from cmrbench.harness import RunPaths
+
+    base = ["evaluate", "--router", "random", "--data", str(synthetic_hub), "--out", str(tmp_path), "--no-progress"]
+    assert main(base) == 0
+    paths = RunPaths.for_run(tmp_path, "random", Benchmark(synthetic_hub), 0)
+    before = {p: p.read_bytes() for p in (paths.results, paths.predictions)}
+    capsys.readouterr()
+    with exclusive_lock(paths.lock, "the first run"):            # the first process, still writing
+        assert main(base + ["--overwrite"]) == 1
+        assert "being written by pid" in capsys.readouterr().err
+        assert {p: p.read_bytes() for p in before} == before
+    assert not paths.lock.exists()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cmrbench.fileio import exclusive_lock\n"
+                               "with exclusive_lock(sys.argv[1], 'x'):\n print('held', flush=True); time.sleep(60)",
+                               str(paths.lock)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()                                                # kill -9: no cleanup runs
+    holder.wait()
+    assert main(base + ["--overwrite"]) == 0                     # the dead holder's lock went with it
+    assert not paths.lock.exists()
+
+
 # ------------------------------------------------------------------------------------------ names and folders
 
 def test_router_names_that_sanitise_alike_never_share_a_file(synthetic_hub, tmp_path):
