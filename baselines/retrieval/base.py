@@ -38,7 +38,8 @@ from .encoders import top_indices
 
 TIE_BREAKS = {
     "model-id": "model id ascending",
-    "rank-bm25": "cards by np.argsort(scores)[::-1] (rank-bm25 get_top_n), a model at its first card",
+    "rank-bm25": "cards by np.argsort(scores, kind='stable')[::-1] (rank-bm25 get_top_n: ties, the later card first), "
+                 "a model at its first card",
 }
 
 
@@ -184,8 +185,10 @@ class CardRetriever(ABC):
         return self._top(self.model_scores(prompts, card_mask), top_k)
 
     def _rank_cards_first(self, prompts: list[str], top_k: int, card_mask: np.ndarray | None) -> list[Ranking]:
-        """Cards in rank-bm25's ``get_top_n`` order (numpy's default argsort, reversed), each model at the place
-        of its first card: the paper's retrieval, where the top card's model is the prediction."""
+        """Cards in rank-bm25's ``get_top_n`` order (argsort, reversed: among equal scores the later card first),
+        each model at the place of its first card: the paper's retrieval, where the top card's model is the
+        prediction. The sort is stable so that ties fall the same way on every CPU: numpy's default argsort,
+        which ``get_top_n`` calls, orders equal scores differently with and without AVX-512."""
         candidates = self._candidates(len(prompts), card_mask)
         scores = np.asarray(self.score(prompts, candidates), dtype=np.float64)
         if candidates is not None:
@@ -194,7 +197,7 @@ class CardRetriever(ABC):
         for row in scores:
             ranking: Ranking = []
             taken: set[int] = set()
-            for card in np.argsort(row)[::-1]:
+            for card in np.argsort(row, kind="stable")[::-1]:
                 model = int(self.card_model[card])
                 if model in taken or not self.model_allowed[model] or not np.isfinite(row[card]):
                     continue

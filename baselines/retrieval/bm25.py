@@ -9,8 +9,9 @@ Two routers with the same scores:
 
 Both follow the paper's code path by default (``tokenizer="paper"``, ``tie_break="rank-bm25"``): cards and
 prompts are split on single spaces (``text.split(" ")``, no lower-casing), and cards are ranked as
-rank-bm25's ``get_top_n`` ranks them (``np.argsort(scores)[::-1]``: numpy's default sort, then reversed, so
-among equal scores the later card comes first), a model taking the place of its first card. ``bm25-lower``
+rank-bm25's ``get_top_n`` ranks them (``np.argsort(scores)[::-1]``, so among equal scores the later card
+comes first; here with a stable sort, because numpy's default one breaks ties differently on CPUs with
+AVX-512), a model taking the place of its first card. ``bm25-lower``
 is this package's earlier variant: lower-cased, split on runs of whitespace, ties by model id ascending.
 
 ``BM25Okapi`` (rank-bm25 0.2.2), for a query ``q`` (a list of tokens, repeats counted) and a document
