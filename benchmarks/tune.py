@@ -97,6 +97,13 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "carve-10/sets-ace+far63": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
                                                     "hard_negatives=0", "far_negatives=63"],
                                 "CARvE, no same-domain or mined negatives: 63 far (random within the scope)"),
+    # from experience 2 on CARvE still learns each experience less than naive: its schedule and anchoring
+    "carve-10/far48+one-phase": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
+                                                     "far_negatives=48", "two_phase=false"],
+                                 "CARvE (0 / 48), one phase instead of the head-only first 40 %"),
+    "carve-10/far48+no-anchor": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
+                                                     "far_negatives=48", "anchoring=none"],
+                                 "CARvE (0 / 48), no anchoring of rows and projection"),
     "carve-10/sets-ace+shuffled": ("carve-10", SLOW + ["softmax_scope=experience", "domains_per_batch=0"],
                                    "CARvE, plainly shuffled batches instead of 2 domains per batch"),
     "naive/full": ("naive", SLOW + ["tau=0.05", "freeze_layers=0", "epochs=3"],
