@@ -35,6 +35,8 @@ CARDS = PROTO + ["card_examples=true"]
 ACE = CARDS + ["softmax_scope=experience"]
 SLOW = ACE + ["lr_projection=3e-4", "lr_backbone=2e-5"]                           # the shared defaults chosen here
 ROWS_ONLY = ACE + ["freeze_layers=6", "lr_projection=0", "lr_registry=0.003"]
+SETS_ACE = SLOW + ["softmax_scope=experience"]                                   # CARvE's sets from the experience
+FAR48 = SETS_ACE + ["semantic_negatives=0", "far_negatives=48"]                  # CARvE's default chosen here
 ROWS: dict[str, tuple[str, list[str], str]] = {
     # frozen-feature routers
     **{f"ncm/card={w}": ("ncm", [f"card_weight={w}"], "NCM: weight of a card description against one prompt")
@@ -84,27 +86,23 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
                              "CARvE's replay, anchoring and schedule; prompts scored as replay's (vs models with "
                              "examples) instead of its candidate sets"),
     # the same candidate sets, drawn only from the models an example may be contrasted with (softmax_scope)
-    "carve-10/slow+sets-ace": ("carve-10", SLOW + ["softmax_scope=experience"],
+    "carve-10/slow+sets-ace": ("carve-10", SETS_ACE,
                                "CARvE, current prompts' candidates from this experience's models only"),
     "carve-10/slow+sets-memory": ("carve-10", SLOW + ["softmax_scope=memory"],
                                   "CARvE, and replayed prompts' candidates from the models with an example"),
     # CARvE learns the current experience worse than naive from E1 on, before replay, anchoring or the two-phase
     # schedule act: what differs there is its sets (38 of 63 negatives from the gold domain) and its batches
-    "carve-10/sets-ace+far": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=10",
-                                                  "far_negatives=38"], "CARvE, 10 same-domain negatives, 38 far"),
-    "carve-10/sets-ace+far48": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
-                                                    "far_negatives=48"], "CARvE, no same-domain negatives, 48 far"),
-    "carve-10/sets-ace+far63": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
-                                                    "hard_negatives=0", "far_negatives=63"],
+    "carve-10/sets-ace+far": ("carve-10", SETS_ACE + ["semantic_negatives=10", "far_negatives=38"],
+                              "CARvE, 10 same-domain negatives, 38 far"),
+    "carve-10/sets-ace+far48": ("carve-10", FAR48, "CARvE, no same-domain negatives, 48 far"),
+    "carve-10/sets-ace+far63": ("carve-10", SETS_ACE + ["semantic_negatives=0", "hard_negatives=0", "far_negatives=63"],
                                 "CARvE, no same-domain or mined negatives: 63 far (random within the scope)"),
     # from experience 2 on CARvE still learns each experience less than naive: its schedule and anchoring
-    "carve-10/far48+one-phase": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
-                                                     "far_negatives=48", "two_phase=false"],
+    "carve-10/far48+one-phase": ("carve-10", FAR48 + ["two_phase=false"],
                                  "CARvE (0 / 48), one phase instead of the head-only first 40 %"),
-    "carve-10/far48+no-anchor": ("carve-10", SLOW + ["softmax_scope=experience", "semantic_negatives=0",
-                                                     "far_negatives=48", "anchoring=none"],
+    "carve-10/far48+no-anchor": ("carve-10", FAR48 + ["anchoring=none"],
                                  "CARvE (0 / 48), no anchoring of rows and projection"),
-    "carve-10/sets-ace+shuffled": ("carve-10", SLOW + ["softmax_scope=experience", "domains_per_batch=0"],
+    "carve-10/sets-ace+shuffled": ("carve-10", SETS_ACE + ["domains_per_batch=0"],
                                    "CARvE, plainly shuffled batches instead of 2 domains per batch"),
     "naive/full": ("naive", SLOW + ["tau=0.05", "freeze_layers=0", "epochs=3"],
                    "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
