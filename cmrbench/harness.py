@@ -255,39 +255,8 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
             learn_s.append(time.perf_counter() - t0)
             if isinstance(router, CheckpointableRouter) and main:
                 router.save(paths.checkpoints / f"after_{t}")
-            seen = benchmark.label_registry(t).model_ids
-            rows = []
-            spent = 0.0
-            tests = [(j, benchmark.test_set(j)) for j in range(1, t + 1)]
-            bar = tqdm(total=sum(g.height for _, g in tests), desc=f"experience {t}/{T}: routing", unit="prompt",
-                       disable=not progress, leave=False)
-            for j, gold in tests:
-                prompts = gold["prompt"].to_list()
-                for lo in range(0, len(prompts), batch_size):
-                    batch = prompts[lo:lo + batch_size]
-                    at = f"{where}, test set {j}"
-                    c0 = time.perf_counter()
-                    try:
-                        if gold_access:
-                            answer = _call(lambda: router.route_with_gold(batch, top_k, gold.slice(lo, len(batch))),
-                                           timeout, f"{at}: route()")
-                        else:
-                            answer = _call(lambda: router.route(batch, top_k), timeout,
-                                           f"{at}, prompt indices {lo}..{lo + len(batch) - 1}: route()")
-                    except RouterCallError:
-                        raise
-                    except Exception as err:
-                        raise RouterCallError(f"{at}, prompt indices {lo}..{lo + len(batch) - 1}: route() raised "
-                                              f"{type(err).__name__}: {err}") from err
-                    elapsed = time.perf_counter() - c0
-                    spent += elapsed
-                    call_seconds.append(elapsed)
-                    call_sizes.append(len(batch))
-                    ids, scores = check_rankings(answer, len(batch), top_k, seen, on_unknown_id, at, lo)
-                    rows.extend({"after_experience": t, "test_experience": j, "prompt_id": pid, "model_ids": i,
-                                 "scores": s} for pid, i, s in zip(gold["prompt_id"][lo:lo + len(batch)], ids, scores))
-                    bar.update(len(batch))
-            bar.close()
+            rows, spent = _route_seen(router, benchmark, t, top_k, batch_size, timeout, on_unknown_id, progress,
+                                      call_seconds, call_sizes)
             route_s.append(spent)
             predictions = pl.concat([predictions, pl.DataFrame(rows, schema=PREDICTION_SCHEMA)])
             results = build_results(router, benchmark, predictions, t, seed, top_k, learn_s, route_s,
@@ -307,6 +276,50 @@ def evaluate(router: Router, benchmark: Benchmark, out_dir: str | Path, *, seed:
             logger.close()
         barrier()                            # the files are written when any process returns
         return load_results(paths.results) if start == T else results
+
+
+def _route_seen(router: Router, benchmark: Benchmark, t: int, top_k: int, batch_size: int, timeout: float | None,
+                on_unknown_id: str, progress: bool, call_seconds: list[float],
+                call_sizes: list[int]) -> tuple[list[dict], float]:
+    """Route the test sets of experiences 1..t after learning experience ``t``: the prediction rows and the seconds
+    spent inside ``route``; each call's seconds and size are appended to ``call_seconds`` / ``call_sizes``."""
+    name, T = router.meta.name, benchmark.n_experiences
+    gold_access = bool(getattr(router, "needs_gold", False))
+    where = f"router '{name}', experience {t}"
+    seen = benchmark.label_registry(t).model_ids
+    rows = []
+    spent = 0.0
+    tests = [(j, benchmark.test_set(j)) for j in range(1, t + 1)]
+    bar = tqdm(total=sum(g.height for _, g in tests), desc=f"experience {t}/{T}: routing", unit="prompt",
+               disable=not progress, leave=False)
+    for j, gold in tests:
+        prompts = gold["prompt"].to_list()
+        for lo in range(0, len(prompts), batch_size):
+            batch = prompts[lo:lo + batch_size]
+            at = f"{where}, test set {j}"
+            c0 = time.perf_counter()
+            try:
+                if gold_access:
+                    answer = _call(lambda: router.route_with_gold(batch, top_k, gold.slice(lo, len(batch))),
+                                   timeout, f"{at}: route()")
+                else:
+                    answer = _call(lambda: router.route(batch, top_k), timeout,
+                                   f"{at}, prompt indices {lo}..{lo + len(batch) - 1}: route()")
+            except RouterCallError:
+                raise
+            except Exception as err:
+                raise RouterCallError(f"{at}, prompt indices {lo}..{lo + len(batch) - 1}: route() raised "
+                                      f"{type(err).__name__}: {err}") from err
+            elapsed = time.perf_counter() - c0
+            spent += elapsed
+            call_seconds.append(elapsed)
+            call_sizes.append(len(batch))
+            ids, scores = check_rankings(answer, len(batch), top_k, seen, on_unknown_id, at, lo)
+            rows.extend({"after_experience": t, "test_experience": j, "prompt_id": pid, "model_ids": i,
+                         "scores": s} for pid, i, s in zip(gold["prompt_id"][lo:lo + len(batch)], ids, scores))
+            bar.update(len(batch))
+    bar.close()
+    return rows, spent
 
 
 def build_results(router: Router, benchmark: Benchmark, predictions: pl.DataFrame, finished: int, seed: int,
