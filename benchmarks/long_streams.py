@@ -10,7 +10,8 @@ with ``cmrbench evaluate`` into ``results/CMRBench-v1-timeline-N/`` (complete ru
 resumed), so the same data is learnt in 4, 8 or 16 steps. From the results files it collects learn seconds per
 experience and in total, route seconds, and the final / stream average accuracy and forgetting per level, writes
 ``benchmarks/out/long_streams.json`` and draws ``benchmarks/out/long_streams.png`` (learn time per experience,
-total learn time against N, and final D-Acc against N). ``growth`` is the exponent of total learn time in N
+total learn time against N, and final D-Acc against N) and ``long_streams_matrices.png`` (each row's D accuracy
+matrix on its longest stream). ``growth`` is the exponent of total learn time in N
 between the shortest and longest stream measured: about 0 when each prompt is learnt once (the same work however
 the stream is sliced), about 1 when every experience retrains on everything seen so far (experience t learns t/N
 of the data, so the total grows as (N + 1) / 2).
@@ -91,6 +92,7 @@ def collect(sizes: list[int]) -> dict:
                 "learn_seconds_total": round(sum(r.timings.learn_seconds), 1),
                 "route_seconds_total": round(sum(r.timings.route_seconds), 1),
                 "results_file": str(path.relative_to(REPO)),
+                "domain_matrix": r.matrices["domain"]["acc@1"],
                 **{lv: {"final_average_accuracy": r.summary[lv].final_average_accuracy,
                         "stream_average_accuracy": r.summary[lv].stream_average_accuracy,
                         "forgetting": r.summary[lv].forgetting} for lv in LEVELS}}
@@ -147,6 +149,34 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_matrices(results: dict, path: Path) -> None:
+    """The D accuracy matrix (row: after learning experience i; column: test set of experience j) of every row
+    on the longest stream it was run on: the lower triangle shows what each strategy keeps and what it forgets."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    longest = {}
+    for v in results["rows"].values():
+        if v["experiences"] > longest.get(v["row"], {"experiences": 0})["experiences"]:
+            longest[v["row"]] = v
+    shown = [longest[row] for row in ROWS if row in longest]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown) + 0.8, 3.6), squeeze=False)
+    for ax, v in zip(axes[0], shown):
+        matrix = np.array([[np.nan if x is None else 100 * x for x in line] for line in v["domain_matrix"]])
+        image = ax.imshow(matrix, vmin=40, vmax=90, cmap="viridis")
+        ax.set(title=f"{v['row']} (N={v['experiences']})", xlabel="test set of experience")
+        ticks = range(0, v["experiences"], max(1, v["experiences"] // 4))
+        ax.set_xticks(list(ticks), [str(i + 1) for i in ticks])
+        ax.set_yticks(list(ticks), [str(i + 1) for i in ticks])
+    axes[0][0].set_ylabel("after learning experience")
+    fig.colorbar(image, ax=axes[0].tolist(), label="D-Acc (%)", shrink=0.9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def main() -> None:
@@ -165,6 +195,7 @@ def main() -> None:
     atomic_write_text(OUT, json.dumps(results, indent=1, sort_keys=True) + "\n")
     if results["rows"]:
         plot(results, OUT.with_suffix(".png"))
+        plot_matrices(results, OUT.with_name("long_streams_matrices.png"))
     print(table(results))
 
 
