@@ -2,9 +2,10 @@
 
     python benchmarks/tune.py --data DIR                      # every row (hours on 2 cores)
     python benchmarks/tune.py --data DIR --rows ncm/card=0.25 ranpac/ridge=1000
+    python benchmarks/tune.py --data DIR --rows carve-10/far48+one-phase --seeds 1 2   # more seeds of a row
     python benchmarks/tune.py --table                         # markdown table of what was measured
 
-Every row runs ``cmrbench evaluate --eval-split validation`` (seed 0) in its own process through
+Every row runs ``cmrbench evaluate --eval-split validation`` (seed 0 unless ``--seeds`` says more) in its own process through
 ``bench_trainable.run_entry``: each experience's validation prompts are scored and withheld from the router,
 so no choice here looks at a test prompt. Results go to ``benchmarks/out/validation.json``. Rows are grouped
 by the question they answer; the configs in ``baselines/configs/`` and the routers' defaults record the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -109,13 +111,26 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
 }
 
 
+def seeded(label: str, seed: int) -> str:
+    """The results key of a row's run with ``seed``: seed 0 keeps the bare label (the rows measured first)."""
+    return label if seed == 0 else f"{label}@seed={seed}"
+
+
 def table(results: dict) -> str:
-    lines = ["| row | question | M-Acc | F-Acc | D-Acc | D-FGT | wall (s) |", "|---|---|---|---|---|---|---|"]
+    """Markdown table of the measured rows; a row run with several seeds shows mean ± std (n) of its seeds."""
+    lines = ["| row | question | seeds | M-Acc | F-Acc | D-Acc | D-FGT | wall (s) |", "|---|---|---|---|---|---|---|---|"]
+    strategies = results.get("strategies", {})
     for label, (_, _, what) in ROWS.items():
-        r = results.get("strategies", {}).get(label)
-        if r:
-            lines.append(f"| {label} | {what} | {r['M_acc']} | {r['F_acc']} | {r['D_acc']} | {r['D_fgt']} | "
-                         f"{r['wall_seconds']} |")
+        runs = [r for key, r in strategies.items() if key.split("@seed=")[0] == label]
+        if not runs:
+            continue
+        cells = []
+        for metric in ("M_acc", "F_acc", "D_acc", "D_fgt"):
+            values = [r[metric] for r in runs]
+            cells.append(f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1
+                         else f"{values[0]}")
+        wall = round(statistics.median(r["wall_seconds"] for r in runs))
+        lines.append(f"| {label} | {what} | {len(runs)} | {' | '.join(cells)} | {wall} |")
     return "\n".join(lines)
 
 
@@ -124,6 +139,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a built CMRBench folder (cmrbench build --out DIR)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW",
                         help="rows to run (default: all); see ROWS in this file")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                        help="seeds to run each row with (default: 0); rows of seed N > 0 are stored as ROW@seed=N")
     parser.add_argument("--out", type=Path, default=OUT, help="results JSON (default: out/validation.json)")
     parser.add_argument("--runs", type=Path, default=None, help="where results JSON go (default: a temp folder)")
     parser.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
@@ -136,8 +153,9 @@ def main() -> None:
     runs = args.runs or Path(tempfile.mkdtemp(prefix="cmrbench-tune-"))
     for label in args.rows:
         router, router_args, _ = ROWS[label]
-        run_entry(label, router, router_args, args.data, runs, args.out, 0, eval_split="validation",
-                  budget_s=BUDGET_S)
+        for seed in args.seeds:
+            run_entry(seeded(label, seed), router, router_args, args.data, runs, args.out, seed,
+                      eval_split="validation", budget_s=BUDGET_S)
 
 
 if __name__ == "__main__":
