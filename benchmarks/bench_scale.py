@@ -9,9 +9,10 @@ domain (58 domains, as CMRBench v1) with a per-family offset, which is how card 
 cluster. Queries are noisy copies of random models' vectors. For each size and index kind of
 :class:`~cmrbench.baselines.retrieval.encoders.VectorIndex` (``exact``, ``flat``, ``hnsw``, ``ivfpq``, all forced
 on with ``exact_below=0``; ``exact`` only up to 200k, where ``flat`` is the same search) a fresh process builds the
-index and routes 1,024 prompts in batches of 64. It records the build time, the FAISS index's serialised size, the
-process's memory once the index is built (``rss_after_build_mb``: registry + index; the caller's copy of the
-vectors is dropped, as a router would) and at its peak (``peak_rss_mb``: during the build both copies exist),
+index and routes 1,024 prompts in batches of 64. The vectors are generated 200k at a time and added to the index as
+they come (``VectorIndex.from_chunks``, as a router encoding a hub batch by batch would), so FAISS's copy is the
+only full one. It records the build time, the FAISS index's serialised size, the process's memory once the index
+is built (``rss_after_build_mb``) and at its peak (``peak_rss_mb``, the build included),
 routing latency per batch (p50 / p95), prompts per second and recall@10 against exact search. Encoding prompts
 is not included (the same for every index; MiniLM encodes about 300 short prompts/s on these cores).
 Results go to ``benchmarks/out/scale.json``, the figure to ``benchmarks/out/scale.png``.
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -39,20 +41,28 @@ OUT = Path(__file__).resolve().parent / "out" / "scale.json"
 DIM, DOMAINS, BATCH, QUERIES = 384, 58, 64, 1024
 
 
-def registry(n: int, seed: int = 0) -> np.ndarray:
-    """``n`` unit vectors: a domain centre, a family offset (families of about 8 models), and noise."""
+CHUNK = 200_000
+
+
+def registry_chunks(n: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n`` unit vectors, ``CHUNK`` at a time: a domain centre, a family offset (families of about 8 models), and
+    noise. The same vectors on every call, so an index can be built without the whole matrix in memory."""
     rng = np.random.default_rng([seed, n])
     centres = rng.normal(size=(DOMAINS, DIM)).astype(np.float32)
     families = max(1, n // 8)
     family_domain = rng.integers(DOMAINS, size=families)
     offsets = rng.normal(scale=0.6, size=(families, DIM)).astype(np.float32)
-    out = np.empty((n, DIM), dtype=np.float32)
-    for lo in range(0, n, 200_000):                      # in chunks, to bound the temporary arrays
-        hi = min(n, lo + 200_000)
-        fam = rng.integers(families, size=hi - lo)
-        out[lo:hi] = centres[family_domain[fam]] + offsets[fam] + rng.normal(scale=0.5, size=(hi - lo, DIM))
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out
+    for lo in range(0, n, CHUNK):
+        fam = rng.integers(families, size=min(n, lo + CHUNK) - lo)
+        chunk = (centres[family_domain[fam]] + offsets[fam]
+                 + rng.normal(scale=0.5, size=(len(fam), DIM))).astype(np.float32)
+        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
+        yield chunk
+
+
+def registry(n: int, seed: int = 0) -> np.ndarray:
+    """The whole registry of ``n`` vectors as one matrix (for the exact rows, up to 200k)."""
+    return np.concatenate(list(registry_chunks(n, seed)))
 
 
 def peak_mb() -> float:
@@ -67,13 +77,11 @@ def measure(n: int, kind: str, truth_file: Path) -> dict:
     """One (size, kind) row, in this process (run it in a fresh one: the memory figures are the process's)."""
     import psutil
 
-    vectors = registry(n)
-    queries = query_set(vectors, n)
+    queries = query_set(n)
     truth = np.load(truth_file)
     t0 = time.perf_counter()
-    index = VectorIndex(vectors, kind=kind, exact_below=0)
+    index = VectorIndex.from_chunks(lambda: registry_chunks(n), n, DIM, kind=kind, exact_below=0)
     build = time.perf_counter() - t0
-    del vectors                          # the index holds what it needs (FAISS's copy, or this array for exact)
     rss_after = psutil.Process().memory_info().rss / 2 ** 20
     latencies, found = [], []
     for lo in range(0, len(queries), BATCH):
@@ -95,17 +103,25 @@ def measure(n: int, kind: str, truth_file: Path) -> dict:
             "prompts_per_second": round(len(queries) / sum(latencies), 1), "recall_at_10": round(recall, 4)}
 
 
-def query_set(vectors: np.ndarray, n: int) -> np.ndarray:
+def query_set(n: int) -> np.ndarray:
+    """Noisy copies of random models' vectors, picked from the registry chunk by chunk."""
     rng = np.random.default_rng([1, n])
-    return vectors[rng.integers(n, size=QUERIES)] + rng.normal(scale=0.05, size=(QUERIES, DIM)).astype(np.float32)
+    picks = rng.integers(n, size=QUERIES)
+    noise = rng.normal(scale=0.05, size=(QUERIES, DIM)).astype(np.float32)
+    wanted, parts, lo = np.unique(picks), [], 0
+    for chunk in registry_chunks(n):
+        mine = wanted[(wanted >= lo) & (wanted < lo + len(chunk))]
+        parts.append(chunk[mine - lo])
+        lo += len(chunk)
+    return np.concatenate(parts)[np.searchsorted(wanted, picks)] + noise
 
 
 def exact_truth(n: int, path: Path) -> None:
     """The true 10 nearest models of every query, by exact search (FAISS flat above 200k), saved for the rows."""
-    vectors = registry(n)
-    queries = query_set(vectors, n)
-    truth = (np.argsort(-(queries @ vectors.T), axis=1)[:, :10] if n <= 200_000 else
-             VectorIndex(vectors, kind="flat", exact_below=0).search(queries, 10)[1])
+    queries = query_set(n)
+    truth = (np.argsort(-(queries @ registry(n).T), axis=1)[:, :10] if n <= 200_000 else
+             VectorIndex.from_chunks(lambda: registry_chunks(n), n, DIM, kind="flat", exact_below=0)
+             .search(queries, 10)[1])
     np.save(path, truth)
 
 

@@ -305,6 +305,33 @@ def test_approximate_indexes_recall_exact_search():
         VectorIndex(docs, kind="annoy")
 
 
+
+@pytest.mark.parametrize("kind", ["exact", "flat", "hnsw", "ivfpq"])
+def test_an_index_built_from_chunks_is_the_index_built_at_once(kind):
+    """Large registries are added piece by piece so that FAISS holds the only full copy: same search results
+    (HNSW's graph is built by several threads, in an order that may differ: the same neighbours, nearly)."""
+    rng = np.random.default_rng(3)
+    docs = rng.normal(size=(10_500, 16)).astype(np.float32)
+    queries = rng.normal(size=(9, 16)).astype(np.float32)
+    whole = VectorIndex(docs, kind=kind, exact_below=0)
+    calls = []
+
+    def chunks():
+        calls.append(1)
+        return (docs[lo:lo + 1_000] for lo in range(0, len(docs), 1_000))
+
+    pieces = VectorIndex.from_chunks(chunks, len(docs), 16, kind=kind, exact_below=0)
+    assert pieces.kind_used == whole.kind_used == kind and len(pieces) == len(docs)
+    assert len(calls) == (2 if kind == "ivfpq" else 1)
+    (s1, i1), (s2, i2) = whole.search(queries, 10), pieces.search(queries, 10)
+    if kind == "hnsw":
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i1, i2)]) >= 0.9
+    else:
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(s1, s2, rtol=1e-6)
+    with pytest.raises(ValueError, match="not the n=11000 announced"):
+        VectorIndex.from_chunks(chunks, 11_000, 16, kind=kind, exact_below=0)
+
 def test_vector_routers_through_an_index_route_as_exact_search_here(bench):
     from cmrbench.baselines.frozen.ncm import NCMRouter
     from cmrbench.baselines.retrieval.dense import DenseRouter

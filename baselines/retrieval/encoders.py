@@ -37,7 +37,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -264,6 +264,16 @@ def _stored_vectors(index, n: int, dim: int) -> np.ndarray:
     return view
 
 
+def _rows(chunks: Iterable[np.ndarray], wanted: np.ndarray) -> np.ndarray:
+    """The rows at the sorted indices ``wanted`` of the matrix that ``chunks`` yields piece by piece."""
+    picked, offset = [], 0
+    for chunk in chunks:
+        lo, hi = np.searchsorted(wanted, [offset, offset + len(chunk)])
+        picked.append(np.asarray(chunk, dtype=np.float32)[wanted[lo:hi] - offset])
+        offset += len(chunk)
+    return np.ascontiguousarray(np.concatenate(picked))
+
+
 class VectorIndex:
     """Inner-product search over dense vectors, exact or through FAISS (``faiss-cpu``).
 
@@ -277,39 +287,64 @@ class VectorIndex:
 
     def __init__(self, vectors: np.ndarray, faiss_threshold: int = 50_000, kind: str = "flat",
                  exact_below: int | None = None):
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, dim = vectors.shape if vectors.ndim == 2 else (0, 0)
+        self._choose(n, dim, kind, faiss_threshold if exact_below is None else exact_below)
+        if self.uses_faiss:
+            self._build(lambda: [vectors], n, dim)
+        else:
+            self.vectors = vectors
+
+    @classmethod
+    def from_chunks(cls, chunks: Callable[[], Iterable[np.ndarray]], n: int, dim: int, kind: str = "flat",
+                    faiss_threshold: int = 50_000, exact_below: int | None = None) -> VectorIndex:
+        """The same index, built from ``n`` vectors that ``chunks()`` yields in pieces (an encoder's batches, a file
+        read block by block), so that FAISS's copy is the only full one: at 2M models of 384 floats that is 2.9 GB
+        instead of twice that. ``chunks`` is called once, or twice for ``ivfpq`` (its training sample, then the
+        vectors); it must yield the same vectors each time."""
+        index = cls.__new__(cls)
+        index._choose(n, dim, kind, faiss_threshold if exact_below is None else exact_below)
+        if index.uses_faiss:
+            index._build(chunks, n, dim)
+        else:
+            index.vectors = np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks()]).reshape(-1, dim)
+        if len(index.vectors) != n:
+            raise ValueError(f"chunks() yielded {len(index.vectors)} vectors, not the n={n} announced")
+        return index
+
+    def _choose(self, n: int, dim: int, kind: str, exact_below: int) -> None:
         if kind not in INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, not {kind!r}")
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        n, dim = self.vectors.shape if self.vectors.ndim == 2 else (0, 0)
-        limit = faiss_threshold if exact_below is None else exact_below
-        self.kind_used = "exact" if kind == "exact" or n <= limit else kind
+        self.kind_used = "exact" if kind == "exact" or n <= exact_below else kind
         if self.kind_used == "ivfpq" and (n < 39 * 256 or dim % 8):
             self.kind_used = "flat"
         self.uses_faiss = self.kind_used != "exact"
         self._faiss = None
         self._ef = 128
-        if self.uses_faiss:
-            import faiss
 
-            if self.kind_used == "flat":
-                index = faiss.IndexFlatIP(dim)
-            elif self.kind_used == "hnsw":
-                index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-                index.hnsw.efConstruction = 80
-            else:
-                lists = int(min(max(16, np.sqrt(n)), n // 39))
-                ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, dim // 8, 8, faiss.METRIC_INNER_PRODUCT)
-                ivf.nprobe = 16
-                # k-means on a seeded sample of 64 vectors per list (FAISS asks 39-256): minutes less at 2M models
-                size = max(64 * lists, 39 * 256)         # and 39 per code of the 256 of each sub-quantizer
-                sample = np.random.default_rng(0).choice(n, size=size, replace=False) if n > size \
-                    else np.arange(n)
-                ivf.train(self.vectors[np.sort(sample)])
-                index = faiss.IndexRefineFlat(ivf)
-                index.k_factor = 64         # 16 gave recall@10 0.92 at 2M models, 64 gives 0.96 (docs/results.md)
-            index.add(self.vectors)
-            self._faiss = index
-            self.vectors = _stored_vectors(index, n, dim)   # FAISS keeps a copy: use it, so the caller's can go
+    def _build(self, chunks: Callable[[], Iterable[np.ndarray]], n: int, dim: int) -> None:
+        import faiss
+
+        if self.kind_used == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif self.kind_used == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = 80
+        else:
+            lists = int(min(max(16, np.sqrt(n)), n // 39))
+            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, dim // 8, 8, faiss.METRIC_INNER_PRODUCT)
+            ivf.nprobe = 16
+            # k-means on a seeded sample of 64 vectors per list (FAISS asks 39-256): minutes less at 2M models
+            size = max(64 * lists, 39 * 256)         # and 39 per code of the 256 of each sub-quantizer
+            sample = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False)) if n > size \
+                else np.arange(n)
+            ivf.train(_rows(chunks(), sample))
+            index = faiss.IndexRefineFlat(ivf)
+            index.k_factor = 64         # 16 gave recall@10 0.92 at 2M models, 64 gives 0.96 (docs/results.md)
+        for chunk in chunks():
+            index.add(np.ascontiguousarray(chunk, dtype=np.float32))
+        self._faiss = index
+        self.vectors = _stored_vectors(index, index.ntotal, dim)   # FAISS keeps a copy: use it, not a second one
 
     def __len__(self) -> int:
         return len(self.vectors)
