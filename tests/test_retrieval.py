@@ -342,6 +342,13 @@ def test_vector_routers_through_an_index_route_as_exact_search_here(bench):
         router.learn(exp)
     assert [r[0][0] for r in hnsw.route(prompts, 5)] == [r[0][0] for r in exact.route(prompts, 5)]
     assert hnsw.meta.parameters["index"] == "hnsw" and "index" not in exact.meta.parameters
+    from cmrbench.baselines.frozen.ranpac import RanPACRouter
+    ridge, flat = RanPACRouter(cache_dir=False), RanPACRouter(cache_dir=False, index="flat", faiss_threshold=0)
+    for router in (ridge, flat):
+        router.learn(exp)
+    a, b = ridge.route(prompts, 5), flat.route(prompts, 5)
+    assert [[m for m, _ in r] for r in a] == [[m for m, _ in r] for r in b]
+    np.testing.assert_allclose([[v for _, v in r] for r in a], [[v for _, v in r] for r in b], rtol=1e-4, atol=1e-6)
     dense, approx = DenseRouter(cache_dir=False), DenseRouter(cache_dir=False, index="hnsw", faiss_threshold=0)
     for router in (dense, approx):
         router.learn(exp)

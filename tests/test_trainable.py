@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -521,6 +522,24 @@ def test_prior_weight_one_routes_exactly_as_ncm_and_checkpoints_keep_the_prior(h
     fresh.load(tmp_path / "ckpt")
     assert fresh.route(prompts_of(hub, 1), 5) == mixed.route(prompts_of(hub, 1), 5)
 
+
+
+@pytest.mark.parametrize("prior", [0.0, 0.5])
+def test_a_trained_router_routes_through_a_faiss_index_as_it_scores(hub, small, prior):
+    """index=flat above faiss_threshold (0 here) is exact search: the same rankings and scores as the router's own
+    matrix product, with or without the ncm prior mixed in; rebuilt once the registry grows."""
+    bench = Benchmark(hub)
+    settings = {**small, "epochs": 1, "prior_weight": prior}
+    exact, indexed = NaiveRouter(seed=0, **settings), NaiveRouter(seed=0, **settings, index="flat", faiss_threshold=0)
+    assert "index" not in exact.meta.parameters and indexed.meta.parameters["index"] == "flat"
+    for t in (1, 2, 3):
+        for router in (exact, indexed):
+            router.learn(bench.train_stream[t - 1])
+        prompts = [p for j in range(1, t + 1) for p in prompts_of(hub, j)]
+        a, b = exact.route(prompts, 5), indexed.route(prompts, 5)
+        assert [[m for m, _ in r] for r in a] == [[m for m, _ in r] for r in b]
+        np.testing.assert_allclose([[v for _, v in r] for r in a], [[v for _, v in r] for r in b], atol=1e-4)
+        assert len(indexed.search._index) == len(indexed.net.registry)
 
 def test_experience_scoped_softmax_leaves_old_rows_out_of_new_prompts_softmax(hub, small):
     from cmrbench.baselines.trainable.training import AllModels, Batch

@@ -24,6 +24,7 @@ from cmrbench.fileio import atomic_write_text
 from cmrbench.baselines.retrieval.cardtext import card_text
 from cmrbench.baselines.retrieval.base import top_rankings
 from cmrbench.baselines.retrieval.dense import DenseEncoder
+from cmrbench.baselines.retrieval.encoders import IndexedSearch
 
 
 @dataclass
@@ -79,9 +80,11 @@ class Evidence:
 class FrozenFeatureRouter:
     """Base of ``ncm`` and ``ranpac``: a frozen encoder, an append-only model table, exact incremental updates.
 
-    Subclasses implement :meth:`update` (fold a batch of evidence into their statistics) and :meth:`scores`
-    (query embeddings -> ``[n, n_models]`` in table order). Models are ranked by score, ties by model id
-    ascending. A checkpoint holds the evidence batches in order; loading replays the updates, so a resumed
+    Subclasses implement :meth:`update` (fold a batch of evidence into their statistics) and :meth:`keys` (one
+    vector per model, table order), and :meth:`query_features` when a prompt's embedding is not its query vector:
+    a prompt scores ``query_features(embedding) . key`` for every model. Models are ranked by score, ties by model
+    id ascending; with ``index`` (``flat`` / ``hnsw`` / ``ivfpq``) above ``faiss_threshold`` models the ranking
+    comes from a FAISS search over the keys instead (:class:`~cmrbench.baselines.retrieval.encoders.IndexedSearch`). A checkpoint holds the evidence batches in order; loading replays the updates, so a resumed
     run computes bit for bit what an unbroken one does.
     """
 
@@ -89,8 +92,10 @@ class FrozenFeatureRouter:
     description = ""
 
     def __init__(self, seed: int, model: str | None, card_weight: float, use_validation: bool, batch_size: int,
-                 cache_dir: str | Path | bool | None, device: str | None, parameters: dict[str, Any]):
+                 cache_dir: str | Path | bool | None, device: str | None, parameters: dict[str, Any],
+                 index: str = "exact", faiss_threshold: int = 50_000):
         self.seed = int(seed)
+        self.search = IndexedSearch(index, faiss_threshold)
         self.encoder = DenseEncoder(model, batch_size, cache_dir, device)
         self.evidence = Evidence(self.encoder, float(card_weight), "description", bool(use_validation))
         self.ids: list[str] = []            # table order: the order models were first seen
@@ -101,7 +106,7 @@ class FrozenFeatureRouter:
                                reference="https://arxiv.org/abs/2605.28577",
                                parameters={"model": self.encoder.label, "card_weight": float(card_weight),
                                            "card_template": "description", "use_validation": bool(use_validation),
-                                           "seed": self.seed, **parameters},
+                                           "seed": self.seed, **parameters, **self.search.parameters},
                                training_data=[f"pre-trained encoder {self.encoder.label}"])
 
     # ------------------------------------------------------------------------------------ subclass hooks
@@ -114,8 +119,17 @@ class FrozenFeatureRouter:
         """Forget every statistic (before a checkpoint's batches are replayed)."""
         raise NotImplementedError
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
+    def keys(self) -> np.ndarray:
+        """``[n_models, d]``: each model's vector, in table order."""
         raise NotImplementedError
+
+    def query_features(self, embeddings: np.ndarray) -> np.ndarray:
+        """``[n, d]``: the prompts' vectors that the keys are scored against (by default their embeddings)."""
+        return embeddings.astype(np.float64)
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """``[n_prompts, n_models]`` scores, table order, of the prompts' embeddings ``queries``."""
+        return self.query_features(queries) @ self.keys().T
 
     # ------------------------------------------------------------------------------------ protocol
 
@@ -127,6 +141,7 @@ class FrozenFeatureRouter:
                 self.ids.append(m)
 
     def _fold(self, batch: Batch) -> None:
+        self.search.clear()
         self.update(batch, np.array([self.index[m] for m in batch.model_ids], dtype=np.int64))
         self.batches.append(batch)
         self.sizes.append(len(self.ids))
@@ -143,6 +158,9 @@ class FrozenFeatureRouter:
         return [self.ids[i] for i in order], self.scores(self.encoder.embed(list(prompts), "query"))[:, order]
 
     def route(self, prompts: Sequence[str], top_k: int) -> list[Ranking]:
+        if self.search.applies(len(self.ids)):
+            queries = self.query_features(self.encoder.embed(list(prompts), "query"))
+            return self.search.rankings(self.keys, self.ids, queries, top_k)
         ids, scores = self.score_models(prompts)
         return top_rankings(scores, ids, top_k)
 

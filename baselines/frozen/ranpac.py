@@ -31,13 +31,14 @@ class RanPACRouter(FrozenFeatureRouter):
 
     def __init__(self, seed: int = 0, model: str | None = None, features: int = 5000, ridge: float = 1000.0,
                  normalize_weights: bool = True, card_weight: float = 0.5, use_validation: bool = True,
-                 batch_size: int = 64, cache_dir: str | Path | bool | None = None, device: str | None = None):
+                 batch_size: int = 64, cache_dir: str | Path | bool | None = None, device: str | None = None,
+                 index: str = "exact", faiss_threshold: int = 50_000):
         if int(features) < 1 or float(ridge) <= 0:
             raise ValueError("ranpac needs features >= 1 and ridge > 0")
         self.features, self.ridge, self.normalize_weights = int(features), float(ridge), bool(normalize_weights)
         super().__init__(seed, model, card_weight, use_validation, batch_size, cache_dir, device,
                          {"features": self.features, "ridge": self.ridge, "normalize_weights": self.normalize_weights,
-                          "activation": "relu"})
+                          "activation": "relu"}, index, faiss_threshold)
         self.reset()
 
     def reset(self) -> None:
@@ -68,5 +69,8 @@ class RanPACRouter(FrozenFeatureRouter):
             weights = np.divide(weights, norms, out=np.zeros_like(weights), where=norms > 0)
         self.weights = weights
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        return self.phi(queries) @ self.weights
+    def query_features(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.phi(embeddings)
+
+    def keys(self) -> np.ndarray:
+        return self.weights.T

@@ -366,6 +366,42 @@ class VectorIndex:
         return np.take_along_axis(s, idx, axis=1), idx
 
 
+
+class IndexedSearch:
+    """A router's optional FAISS search over its model vectors, for hub-sized registries.
+
+    A vector router scores a prompt against every model as ``query . key`` (a prototype, a registry row, a ridge
+    column). With ``kind`` ``flat`` / ``hnsw`` / ``ivfpq`` and more than ``threshold`` models, :meth:`rankings`
+    searches a :class:`VectorIndex` over the keys instead, built on first use and kept until :meth:`clear` (the
+    owner calls it whenever the keys change: after learning, after loading a checkpoint). ``exact`` (the
+    default) never indexes. Equal scores may come back in any order from FAISS (exact routing breaks ties by
+    model order)."""
+
+    def __init__(self, kind: str = "exact", threshold: int = 50_000):
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, not {kind!r}")
+        self.kind, self.threshold = kind, int(threshold)
+        self._index: VectorIndex | None = None
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """What goes into a router's ``meta.parameters``: nothing when exact (the runs of record stay comparable)."""
+        return {} if self.kind == "exact" else {"index": self.kind, "faiss_threshold": self.threshold}
+
+    def applies(self, n_models: int) -> bool:
+        return self.kind != "exact" and n_models > self.threshold
+
+    def clear(self) -> None:
+        self._index = None
+
+    def rankings(self, keys: Callable[[], np.ndarray], ids: Sequence[str], queries: np.ndarray,
+                 top_k: int) -> list[list[tuple[str, float]]]:
+        """The ``top_k`` models of each query by inner product with ``keys()`` (row i: model ``ids[i]``)."""
+        if self._index is None:
+            self._index = VectorIndex(keys(), kind=self.kind, exact_below=self.threshold)
+        values, rows = self._index.search(queries, top_k)
+        return [[(ids[i], float(v)) for v, i in zip(vs, rs) if i >= 0] for vs, rs in zip(values, rows)]
+
 def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
     """Column indices of the ``n`` largest scores of each row, best first, equal scores in column order:
     exactly ``np.argsort(-scores, axis=1, kind="stable")[:, :n]``, without sorting whole rows.

@@ -37,6 +37,7 @@ from cmrbench.fileio import atomic_write_text
 
 from cmrbench.baselines.models import spec_of
 from cmrbench.baselines.retrieval.cardtext import card_text
+from cmrbench.baselines.retrieval.encoders import IndexedSearch
 
 from .backbone import ALIASES, TextBackbone
 from .config import load_config, strategy_plugins
@@ -165,7 +166,9 @@ class TrainableRouter:
         self.description = self.cfg.pop("description", "")
         plugins = self.cfg.pop("plugins", [])
         self.seed = int(seed)
-        params = dict(self.cfg)
+        self.search = IndexedSearch(self.cfg["index"], self.cfg["faiss_threshold"])
+        params = {k: v for k, v in self.cfg.items() if k not in ("index", "faiss_threshold")}
+        params.update(self.search.parameters)            # only when not exact: earlier runs stay comparable
         if plugins != strategy_plugins(strategy):        # a composition of one's own is part of the settings
             params["plugins"] = plugins
         params["seed"] = self.seed
@@ -350,6 +353,7 @@ class TrainableRouter:
             t = experience.current_experience
             self.n_experiences = experience.n_experiences
             net = self.ensure_net()
+            self.search.clear()
             torch.manual_seed(self.seed * 1000 + t)   # dropout
             self.previous = (Snapshot(self.finished, len(net.registry), net.snapshot()) if self.finished else None)
             new_rows = net.registry.extend(sorted(experience.classes_seen_so_far), experience=t,
@@ -380,6 +384,9 @@ class TrainableRouter:
             raise RuntimeError("route() before learn(): no model is registered yet")
         with deterministic(self.cfg["deterministic"]):
             z = net.encode(list(prompts), self.cfg["eval_batch_size"])
+            if self.search.applies(len(net.registry)):
+                queries, keys = self.routing_vectors(prompts, z)
+                return self.search.rankings(keys, net.registry.ids, queries, top_k)
             with torch.no_grad():
                 scores = mix_prior(net.logits(z), self.prior, prompts, None, net.tau).float().cpu()
         k = min(top_k, scores.shape[1])
@@ -387,6 +394,23 @@ class TrainableRouter:
         ids = net.registry.ids
         return [[(ids[i], float(v)) for i, v in zip(row_i[:k].tolist(), row_v[:k].tolist())]
                 for row_i, row_v in zip(index, values)]
+
+    def routing_vectors(self, prompts: Sequence[str], z: torch.Tensor) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """The routing scores as one inner product, for a FAISS search: queries ``[B, d]`` and the registry's key
+        vectors (built only when the index is). Without a prior, z / tau against the normalised rows; with one,
+        ``[(1 - w) z, w q] / tau`` against ``[row, prototype]``, which is ``mix_prior``'s score term by term."""
+        net = self.net
+        queries = z.float().cpu().numpy() / net.tau
+
+        def rows() -> np.ndarray:
+            return net.registry.normalized().detach().float().cpu().numpy()
+
+        if self.prior is None or self.prior.weight <= 0:
+            return queries, rows
+        w = self.prior.weight
+        prior_queries = self.prior.ncm.encoder.embed(list(prompts), "query") / net.tau
+        return (np.hstack([(1.0 - w) * queries, w * prior_queries]),
+                lambda: np.hstack([rows(), self.prior.columns]))
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -417,6 +441,7 @@ class TrainableRouter:
         self.cfg = info["config"]
         self.seed = int(info["seed"])
         self.net = None
+        self.search.clear()
         net = self.ensure_net()
         net.registry.resize_to(info["registry"]["ids"], info["registry"]["first_experience"])
         net.to(net.device)
