@@ -9,7 +9,7 @@ domain (58 domains, as CMRBench v1) with a per-family offset, which is how card 
 cluster. Queries are noisy copies of random models' vectors. For each size and index kind of
 :class:`~cmrbench.baselines.retrieval.encoders.VectorIndex` (``exact``, ``flat``, ``hnsw``, ``ivfpq``, all forced
 on with ``exact_below=0``; ``exact`` only up to 200k, where ``flat`` is the same search) a fresh process builds the
-index and routes 1,024 prompts in batches of 64. The vectors are generated 200k at a time and added to the index as
+index and routes 1,024 prompts in batches of 64. The vectors are generated 25k at a time and added to the index as
 they come (``VectorIndex.from_chunks``, as a router encoding a hub batch by batch would), so FAISS's copy is the
 only full one. It records the build time, the FAISS index's serialised size, the process's memory once the index
 is built (``rss_after_build_mb``) and at its peak (``peak_rss_mb``, the build included),
@@ -41,23 +41,25 @@ OUT = Path(__file__).resolve().parent / "out" / "scale.json"
 DIM, DOMAINS, BATCH, QUERIES = 384, 58, 64, 1024
 
 
-CHUNK = 200_000
+CHUNK, PIECE = 200_000, 25_000     # families drawn per CHUNK models, noise in PIECEs: the same numbers in less memory
 
 
 def registry_chunks(n: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """``n`` unit vectors, ``CHUNK`` at a time: a domain centre, a family offset (families of about 8 models), and
+    """``n`` unit vectors, ``PIECE`` at a time: a domain centre, a family offset (families of about 8 models), and
     noise. The same vectors on every call, so an index can be built without the whole matrix in memory."""
     rng = np.random.default_rng([seed, n])
     centres = rng.normal(size=(DOMAINS, DIM)).astype(np.float32)
     families = max(1, n // 8)
     family_domain = rng.integers(DOMAINS, size=families)
-    offsets = rng.normal(scale=0.6, size=(families, DIM)).astype(np.float32)
+    offsets = np.concatenate([rng.normal(scale=0.6, size=(min(families, a + PIECE) - a, DIM)).astype(np.float32)
+                              for a in range(0, families, PIECE)])
     for lo in range(0, n, CHUNK):
         fam = rng.integers(families, size=min(n, lo + CHUNK) - lo)
-        chunk = (centres[family_domain[fam]] + offsets[fam]
-                 + rng.normal(scale=0.5, size=(len(fam), DIM))).astype(np.float32)
-        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
-        yield chunk
+        for a in range(0, len(fam), PIECE):
+            f = fam[a:a + PIECE]
+            part = (centres[family_domain[f]] + offsets[f] + rng.normal(scale=0.5, size=(len(f), DIM))).astype(np.float32)
+            part /= np.linalg.norm(part, axis=1, keepdims=True)
+            yield part
 
 
 def registry(n: int, seed: int = 0) -> np.ndarray:

@@ -106,6 +106,10 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
                                  "CARvE (0 / 48), no anchoring of rows and projection"),
     "carve-10/sets-ace+shuffled": ("carve-10", SETS_ACE + ["domains_per_batch=0"],
                                    "CARvE, plainly shuffled batches instead of 2 domains per batch"),
+    # the authors' configuration (config=carve-authors) on this encoder, and what limits it there
+    "carve-10/authors": ("carve-10", ["config=carve-authors"], "CARvE as the authors' code ran it"),
+    "carve-10/authors+proto": ("carve-10", ["config=carve-authors", "init=prototype"],
+                               "the authors' configuration, new registry rows starting as prototypes, not Xavier noise"),
     "naive/full": ("naive", SLOW + ["tau=0.05", "freeze_layers=0", "epochs=3"],
                    "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
 }
