@@ -84,8 +84,9 @@ class FrozenFeatureRouter:
     vector per model, table order), and :meth:`query_features` when a prompt's embedding is not its query vector:
     a prompt scores ``query_features(embedding) . key`` for every model. Models are ranked by score, ties by model
     id ascending; with ``index`` (``flat`` / ``hnsw`` / ``ivfpq``) above ``faiss_threshold`` models the ranking
-    comes from a FAISS search over the keys instead (:class:`~cmrbench.baselines.retrieval.encoders.IndexedSearch`). A checkpoint holds the evidence batches in order; loading replays the updates, so a resumed
-    run computes bit for bit what an unbroken one does.
+    comes from a FAISS search over the keys instead (:class:`~cmrbench.baselines.retrieval.encoders.IndexedSearch`).
+    A checkpoint holds the evidence batches in order; loading replays the updates, so a resumed run computes bit
+    for bit what an unbroken one does.
     """
 
     name = ""
