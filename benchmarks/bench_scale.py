@@ -3,6 +3,7 @@
     python benchmarks/bench_scale.py                                   # 2k, 20k, 200k, 2M models
     python benchmarks/bench_scale.py --sizes 2000 20000 --kinds hnsw   # some of them
     python benchmarks/bench_scale.py --plot                            # the figure from the results file
+    python benchmarks/bench_scale.py --table                           # the results file as a markdown table
 
 Model vectors are synthetic and deterministic (seeded): 384-dimensional unit vectors drawn around one centre per
 domain (58 domains, as CMRBench v1) with a per-family offset, which is how card and prototype embeddings of a hub
@@ -11,7 +12,7 @@ cluster. Queries are noisy copies of random models' vectors. For each size and i
 on with ``exact_below=0``; ``exact`` only up to 200k, where ``flat`` is the same search) a fresh process builds the
 index and routes 1,024 prompts in batches of 64. The vectors are generated 25k at a time and added to the index as
 they come (``VectorIndex.from_chunks``, as a router encoding a hub batch by batch would), so FAISS's copy is the
-only full one. It records the build time, the FAISS index's serialised size, the process's memory once the index
+only full one. It records the build time (the generation of the vectors timed apart), the FAISS index's serialised size, the process's memory once the index
 is built (``rss_after_build_mb``) and at its peak (``peak_rss_mb``, the build included),
 routing latency per batch (p50 / p95), prompts per second and recall@10 against exact search. Encoding prompts
 is not included (the same for every index; MiniLM encodes about 300 short prompts/s on these cores).
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -67,6 +68,24 @@ def registry(n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate(list(registry_chunks(n, seed)))
 
 
+class TimedChunks:
+    """``make()``'s chunks, with the seconds spent producing them summed in ``seconds`` (over every call): the
+    synthetic registry's generation is not part of an index's build time."""
+
+    def __init__(self, make: Callable[[], Iterator[np.ndarray]]):
+        self.make, self.seconds = make, 0.0
+
+    def __call__(self) -> Iterator[np.ndarray]:
+        chunks = self.make()
+        while True:
+            t = time.perf_counter()
+            chunk = next(chunks, None)
+            self.seconds += time.perf_counter() - t
+            if chunk is None:
+                return
+            yield chunk
+
+
 def peak_mb() -> float:
     """This process's peak resident memory (VmHWM: unlike getrusage's ru_maxrss, not inherited from the parent)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -81,9 +100,10 @@ def measure(n: int, kind: str, truth_file: Path) -> dict:
 
     queries = query_set(n)
     truth = np.load(truth_file)
+    source = TimedChunks(lambda: registry_chunks(n))
     t0 = time.perf_counter()
-    index = VectorIndex.from_chunks(lambda: registry_chunks(n), n, DIM, kind=kind, exact_below=0)
-    build = time.perf_counter() - t0
+    index = VectorIndex.from_chunks(source, n, DIM, kind=kind, exact_below=0)
+    build = time.perf_counter() - t0 - source.seconds
     rss_after = psutil.Process().memory_info().rss / 2 ** 20
     latencies, found = [], []
     for lo in range(0, len(queries), BATCH):
@@ -98,6 +118,7 @@ def measure(n: int, kind: str, truth_file: Path) -> dict:
         index_mb = faiss.serialize_index(index._faiss).size / 2 ** 20
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, rows)]))
     return {"models": n, "kind": kind, "kind_used": index.kind_used, "build_seconds": round(build, 3),
+            "generation_seconds": round(source.seconds, 3),
             "vectors_mb": round(n * DIM * 4 / 2 ** 20, 1), "index_mb": round(index_mb, 1),
             "rss_after_build_mb": round(rss_after, 1), "peak_rss_mb": round(peak_mb(), 1),
             "batch_latency_p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
@@ -157,18 +178,34 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def table(results: dict) -> str:
+    lines = ["| models | index | build s | prompts/s | p50 ms per 64 | recall@10 | RSS after build (MB) | peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    kinds = ("exact", "flat", "hnsw", "ivfpq")
+    for r in sorted(results.get("rows", {}).values(), key=lambda r: (r["models"], kinds.index(r["kind"]))):
+        kind = r["kind"] if r["kind_used"] == r["kind"] else f"{r['kind']} ({r['kind_used']})"
+        lines.append(f"| {r['models']:,} | {kind} | {r['build_seconds']:.1f} | {r['prompts_per_second']:,.0f} | "
+                     f"{r['batch_latency_p50_ms']:.1f} | {r['recall_at_10']:.3f} | {r['rss_after_build_mb']:,.0f} | "
+                     f"{r['peak_rss_mb']:,.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[2_000, 20_000, 200_000, 2_000_000])
     parser.add_argument("--kinds", nargs="+", default=["exact", "flat", "hnsw", "ivfpq"])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
+    parser.add_argument("--table", action="store_true", help="only print --out as a markdown table")
     parser.add_argument("--one", nargs=3, metavar=("MODELS", "KIND", "TRUTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:                                         # a child process: one row, as JSON on stdout
         print(json.dumps(measure(int(args.one[0]), args.one[1], Path(args.one[2]))))
         return
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.table:
+        print(table(results))
+        return
     if args.plot:
         plot(results, args.out.with_suffix(".png"))
         print(f"written: {args.out.with_suffix('.png')}")
