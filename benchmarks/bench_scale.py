@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cmrbench.baselines.retrieval.encoders import VectorIndex  # noqa: E402
+from cmrbench.baselines.retrieval.encoders import VectorIndex, rows_at  # noqa: E402
 from cmrbench.fileio import atomic_write_text  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "scale.json"
@@ -134,12 +134,8 @@ def query_set(n: int) -> np.ndarray:
     rng = np.random.default_rng([1, n])
     picks = rng.integers(n, size=QUERIES)
     noise = rng.normal(scale=0.05, size=(QUERIES, DIM)).astype(np.float32)
-    wanted, parts, lo = np.unique(picks), [], 0
-    for chunk in registry_chunks(n):
-        mine = wanted[(wanted >= lo) & (wanted < lo + len(chunk))]
-        parts.append(chunk[mine - lo])
-        lo += len(chunk)
-    return np.concatenate(parts)[np.searchsorted(wanted, picks)] + noise
+    wanted = np.unique(picks)
+    return rows_at(registry_chunks(n), wanted)[np.searchsorted(wanted, picks)] + noise
 
 
 def exact_truth(n: int, path: Path) -> None:

@@ -271,7 +271,7 @@ def _stored_vectors(index, n: int, dim: int) -> np.ndarray:
     return view
 
 
-def _rows(chunks: Iterable[np.ndarray], wanted: np.ndarray) -> np.ndarray:
+def rows_at(chunks: Iterable[np.ndarray], wanted: np.ndarray) -> np.ndarray:
     """The rows at the sorted indices ``wanted`` of the matrix that ``chunks`` yields piece by piece."""
     picked, offset = [], 0
     for chunk in chunks:
@@ -345,7 +345,7 @@ class VectorIndex:
             size = max(64 * lists, 39 * 256)         # and 39 per code of the 256 of each sub-quantizer
             sample = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False)) if n > size \
                 else np.arange(n)
-            ivf.train(_rows(chunks(), sample))
+            ivf.train(rows_at(chunks(), sample))
             index = faiss.IndexRefineFlat(ivf)
             index.k_factor = 64         # 16 gave recall@10 0.92 at 2M models, 64 gives 0.96 (docs/results.md)
         storage = _flat_storage(index).codes       # room for all n vectors at once: added piece by piece, the
