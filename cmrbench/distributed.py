@@ -4,14 +4,15 @@ collective operations the harness and the trained routers need.
 Launched that way, every process runs the whole protocol on the same data; trained routers split each training
 batch across the processes and sum their gradients (:mod:`cmrbench.baselines.trainable.training`), so the
 weights stay identical everywhere, and only the main process writes results, predictions and checkpoints.
-A plain ``cmrbench evaluate`` is one process and none of this does anything. torch is imported only when the
-launcher asked for more than one process.
+With ``shard=fsdp`` the frozen weights of the backbone (a LoRA LLM's base model) are split across the processes
+instead of copied into each (:func:`shard_frozen`). A plain ``cmrbench evaluate`` is one process and none of
+this does anything. torch is imported only when the launcher asked for more than one process.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Any, Iterable
 
 
 def _launched() -> bool:
@@ -78,3 +79,31 @@ def sum_gradients(params: Iterable) -> None:
             n = p.grad.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
             offset += n
+
+
+def shard_frozen(modules: Iterable[Any], trained: set[int]) -> int:
+    """Split the frozen weights of each module (a transformer layer) across the processes with PyTorch's FSDP
+    (``fully_shard``); parameters whose ``id`` is in ``trained`` stay whole in every process. Returns how many
+    weights were split (0 for one process: there is nothing to split across).
+
+    Only frozen weights are sharded: each layer gathers them for its forward (and again for the backward, to pass
+    gradients through) and frees them after. The trained ones (LoRA adapters, upper layers, projection, registry)
+    remain plain tensors whose gradients :func:`sum_gradients` adds up, so snapshots, checkpoints, EWC, LwF,
+    merging and CARvE's anchoring see the same tensors as in one process. Every process must then run the network
+    on every step, in the same order (the gathers are collective)."""
+    if not _launched():
+        return 0
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (rank_and_size()[1],))
+    split = 0
+    for module in modules:
+        params = list(module.parameters())
+        frozen = [p for p in params if id(p) not in trained]
+        if frozen:
+            fully_shard(module, mesh=mesh, reshard_after_forward=True,
+                        ignored_params={p for p in params if id(p) in trained})
+            split += sum(p.numel() for p in frozen)
+    return split

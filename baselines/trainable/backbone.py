@@ -212,6 +212,17 @@ class TextBackbone(nn.Module):
         self.cache_dtype = DTYPES[cache_dtype]
         self.cache_batch_size = cache_batch_size
         self._cache: dict[str, torch.Tensor] = {}
+        self.sharded = 0          # frozen weights split across processes (shard_frozen)
+
+    def shard_frozen(self, trained: set[int]) -> int:
+        """Split the transformer layers' frozen weights across the processes of a launch (FSDP, ``shard=fsdp``);
+        parameters whose ``id`` is in ``trained`` stay whole, and so do the embeddings and anything else outside
+        the layer list. Returns the number of weights split (0 in a single process)."""
+        from cmrbench.distributed import shard_frozen
+
+        _, _, layers = find_layers(self.model, self.n_layers)
+        self.sharded = shard_frozen(layers, trained)
+        return self.sharded
 
     # ------------------------------------------------------------------------------------ tokenising
 

@@ -46,6 +46,7 @@ from .training import (AllModels, BatchSampler, Callback, CandidateSampler, Loss
                        Trainer, mix_prior, seeded_generator, shuffled_batches)
 
 VERSION = "1"
+SHARDING = ("none", "fsdp")    # config key ``shard``: see cmrbench.distributed.shard_frozen
 log = logging.getLogger("cmrbench.trainable")
 EXAMPLE_COLUMNS = ["prompt_id", "prompt", "model_id", "family", "domain", "category", "task"]
 
@@ -167,8 +168,12 @@ class TrainableRouter:
         plugins = self.cfg.pop("plugins", [])
         self.seed = int(seed)
         self.search = IndexedSearch(self.cfg["index"], self.cfg["faiss_threshold"])
-        params = {k: v for k, v in self.cfg.items() if k not in ("index", "faiss_threshold")}
+        if self.cfg["shard"] not in SHARDING:
+            raise ValueError(f"shard must be one of {SHARDING}, not {self.cfg['shard']!r}")
+        params = {k: v for k, v in self.cfg.items() if k not in ("index", "faiss_threshold", "shard")}
         params.update(self.search.parameters)            # only when not exact: earlier runs stay comparable
+        if self.cfg["shard"] != "none":
+            params["shard"] = self.cfg["shard"]
         if plugins != strategy_plugins(strategy):        # a composition of one's own is part of the settings
             params["plugins"] = plugins
         params["seed"] = self.seed
@@ -209,6 +214,9 @@ class TrainableRouter:
             self.net = RouterNet(self.build_backbone(), self.cfg["dim"], self.cfg["tau"], self.seed,
                                  self.cfg["projection_init"])
             self.base = self.net.snapshot()
+            if self.cfg["shard"] == "fsdp":
+                self.net.backbone.shard_frozen({id(p) for p in self.net.tracked_parameters().values()})
+                self.meta.statistics["sharded_parameters"] = self.net.backbone.sharded
         return self.net
 
     # ------------------------------------------------------------------------------------ hooks

@@ -373,11 +373,12 @@ class Trainer:
         return max(0.0, 1.0 - (step - self.warmup_steps) / rest)
 
     def _step(self, batch: Batch, sampler: CandidateSampler, losses: Sequence[LossHook], step: int, total: int,
-              whole_weight: torch.Tensor | None = None, processes: int = 1) -> dict[str, float]:
+              whole_weight: torch.Tensor | None = None, processes: int = 1, idle: bool = False) -> dict[str, float]:
         """Forward and backward of one batch; returns the loss terms. Given ``whole_weight`` (the summed example
         weights of the batch this one is a process's share of), the routing loss is this share's part of the
         whole batch's weighted mean and each extra term counts 1 / ``processes``, so the gradients summed over
-        the processes are the whole batch's."""
+        the processes that have an example are the whole batch's. ``idle``: this process has none and runs
+        ``batch`` only to take part in the others' collective operations; its loss counts zero."""
         net = self.net
         terms: dict[str, float] = {}
         if not batch.rows:                       # a batch smaller than the number of processes
@@ -398,6 +399,8 @@ class Trainer:
                 extra = extra / processes          # dividing by 1 is exact: one process is unchanged
                 loss = loss + extra
                 terms[hook.name] = float(extra.detach())
+        if idle:
+            loss, terms = loss * 0.0, {}
         loss.backward()
         return terms
 
@@ -436,8 +439,18 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.base_lr[group["name"]] * factor
                 self.optimizer.zero_grad(set_to_none=True)
-                terms = self._step(batch, sampler, losses, step, total) if size == 1 else \
-                    self._step(batch.shard(rank, size), sampler, losses, step, total, batch.weights.sum(), size)
+                if size == 1:
+                    terms = self._step(batch, sampler, losses, step, total)
+                else:
+                    share = batch.shard(rank, size)
+                    # a batch smaller than the number of processes leaves some without an example: the extra
+                    # terms are shared among those that have one. With sharded weights every process runs the
+                    # network at every step (FSDP's gathers are collective): one without an example runs the
+                    # batch's first, counted zero
+                    active = min(size, len(batch.rows))
+                    idle = not share.rows and net.backbone.sharded > 0
+                    terms = self._step(batch.shard(0, len(batch.rows)) if idle else share, sampler, losses, step,
+                                       total, batch.weights.sum(), active, idle)
                 if size > 1:
                     sum_gradients(p for g, ps in self.groups.items() if self.trainable[g] for p in ps)
                 live = [p for g, ps in self.groups.items() if self.trainable[g] for p in ps if p.grad is not None]
