@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -72,3 +73,12 @@ def test_a_lora_decoder_with_its_base_weights_split_trains_as_one(synthetic_hub,
     assert results["router"]["parameters"]["shard"] == "fsdp"
     per_layer = 4 * 32 * 32 + 3 * 32 * 64 + 2 * 32        # q, k, v, o; the MLP's gate, up, down; two norms
     assert results["router"]["statistics"]["sharded_parameters"] == 2 * per_layer
+
+
+def test_the_documented_multi_gpu_launch_config_is_one_accelerate_reads():
+    """docs/protocol.md's accelerate command uses docs/launch/accelerate-8gpu.yaml: plain multi-GPU data parallel
+    over 8 processes (cmrbench's trainer does its own sharding), read by accelerate as it would be at launch."""
+    config_args = pytest.importorskip("accelerate.commands.config.config_args")
+    config = config_args.load_config_from_file(str(Path(__file__).parents[1] / "docs/launch/accelerate-8gpu.yaml"))
+    assert config.distributed_type.name == "MULTI_GPU"
+    assert config.num_processes == 8 and config.num_machines == 1 and not config.use_cpu
