@@ -15,7 +15,11 @@ verifies every file against its predictions and writes the tables the README sho
     python benchmarks/record.py --reproductions
 
 writes ``baselines/reproductions/<row>.yaml`` from each row's seed-0 result of record (``cmrbench reproduce``
-then reruns and checks exactly these numbers). Rows whose router draws
+then reruns and checks exactly these numbers), and
+
+    python benchmarks/record.py --readme
+
+copies the leaderboard's tables into README.md (between its two ``results of record`` markers). Rows whose router draws
 nothing at random (retrieval, ncm) run one seed; the others three. Settings come from the validation split
 (``benchmarks/tune.py``), never from these runs.
 """
@@ -34,6 +38,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "CMRBench-v1-paper"
+README = REPO / "README.md"
+README_BEGIN = "<!-- results of record: written by python benchmarks/record.py --readme, from leaderboard.md -->"
+README_END = "<!-- end of the results of record -->"
 SEEDS3 = (0, 1, 2)
 # new reproduction files: retrieval and frozen routers repeat to float precision, trained ones within a point
 TOLERANCE = {r: 0.3 for r in ("bm25", "bm25-lower", "lucene-bm25", "dense", "splade", "ncm", "ranpac")} | {
@@ -124,6 +131,24 @@ def write_reproduction(name: str, out: Path) -> Path | None:
     return target
 
 
+def leaderboard_tables(out: Path) -> str:
+    """The tables of ``out``'s leaderboard.md (from its first table row to the end), as README shows them."""
+    board = (out / "leaderboard.md").read_text(encoding="utf-8")
+    return board[board.index("\n| # |") + 1:].strip()
+
+
+def write_readme(out: Path) -> None:
+    """Put the leaderboard's tables between README's markers, so that README quotes no number by hand."""
+    from cmrbench.fileio import atomic_write_text
+
+    text = README.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        sys.exit(f"README.md lacks the lines {README_BEGIN!r} and {README_END!r} around its results tables")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    atomic_write_text(README, f"{head}{README_BEGIN}\n{leaderboard_tables(out)}\n{README_END}{tail}")
+
+
 def run(name: str, seed: int, data: Path, out: Path) -> bool:
     router, args, _ = ROWS[name]
     cmd = [sys.executable, "-m", "cmrbench.cli", "evaluate", "--router", router, "--run-name", name,
@@ -150,6 +175,8 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list rows, seeds and their state, run nothing")
     parser.add_argument("--reproductions", action="store_true",
                         help="write baselines/reproductions/<row>.yaml from the complete seed-0 runs, run nothing")
+    parser.add_argument("--readme", action="store_true",
+                        help="copy the tables of OUT/leaderboard.md (cmrbench leaderboard OUT) into README.md, run nothing")
     args = parser.parse_args()
     if args.list:
         for name in args.rows:
@@ -161,6 +188,9 @@ def main() -> None:
         for name in args.rows:
             written = write_reproduction(name, args.out)
             print(f"{name:18s} {written.relative_to(REPO) if written else 'no complete seed-0 run'}")
+        return
+    if args.readme:
+        write_readme(args.out)
         return
     if args.data is None:
         parser.error("--data is required to run rows")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from cmrbench.manifest import manifest_json_schema
 from cmrbench.registry import load_router
 from cmrbench.results import load_results, results_json_schema
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "leaderboard" / "schema"
+REPO = Path(__file__).resolve().parents[1]
+SCHEMAS = REPO / "leaderboard" / "schema"
 
 
 def test_committed_schemas_match_the_code():
@@ -113,3 +115,18 @@ def test_slices_and_show(runs, synthetic_hub, capsys):
     assert main(["show", str(path), "--data", str(synthetic_hub)]) == 0
     out = capsys.readouterr().out
     assert "by source:" in out and "by gold model:" in out and "domain-oracle on CMRBench" in out
+
+
+def test_readme_shows_the_results_of_record_as_a_fresh_leaderboard_of_them(real_build, tmp_path):
+    """The committed results files re-score from their predictions on a fresh build to exactly the committed
+    leaderboard.md, and README's tables are its tables (written by ``benchmarks/record.py --readme``): no number
+    there is typed by hand or left behind by a newer run."""
+    spec = importlib.util.spec_from_file_location("record", REPO / "benchmarks" / "record.py")
+    record = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(record)
+    assert main(["leaderboard", str(record.OUT), "--out", str(tmp_path), "--data", str(real_build)]) == 0
+    assert (tmp_path / "leaderboard.md").read_text() == (record.OUT / "leaderboard.md").read_text(), \
+        "run: cmrbench leaderboard results/CMRBench-v1-paper, then python benchmarks/record.py --readme"
+    readme = (REPO / "README.md").read_text()
+    quoted = readme.split(record.README_BEGIN, 1)[1].split(record.README_END, 1)[0].strip()
+    assert quoted == record.leaderboard_tables(tmp_path), "run: python benchmarks/record.py --readme"
