@@ -22,9 +22,9 @@ from cmrbench.baselines.trainable.backbone import tiny_causal_lm, tiny_encoder  
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def _run(launcher: list[str], hub, settings: list[str], out) -> tuple[pl.DataFrame, dict]:
-    """Predictions (sorted) and results JSON of a naive-router run with these ``--router-arg`` settings."""
-    args = ["evaluate", "--router", "naive", "--data", str(hub), "--out", str(out), "--no-progress"]
+def _run(launcher: list[str], hub, settings: list[str], out, router: str = "naive") -> tuple[pl.DataFrame, dict]:
+    """Predictions (sorted) and results JSON of a run with these ``--router-arg`` settings."""
+    args = ["evaluate", "--router", router, "--data", str(hub), "--out", str(out), "--no-progress"]
     for setting in settings:
         args += ["--router-arg", setting]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -73,6 +73,18 @@ def test_a_lora_decoder_with_its_base_weights_split_trains_as_one(synthetic_hub,
     assert results["router"]["parameters"]["shard"] == "fsdp"
     per_layer = 4 * 32 * 32 + 3 * 32 * 64 + 2 * 32        # q, k, v, o; the MLP's gate, up, down; two norms
     assert results["router"]["statistics"]["sharded_parameters"] == 2 * per_layer
+
+
+def test_carve_trains_with_its_base_weights_split(synthetic_hub, tmp_path):
+    """The documented multi-GPU command's router: CARvE (two phases that freeze and unfreeze the adapters,
+    anchoring, mined candidate sets) runs to the end with ``shard=fsdp`` on two processes. Its candidate sets
+    are drawn per process, so it is not compared with one process; it must route every test prompt."""
+    model = tiny_causal_lm(tmp_path / "model")
+    settings = [f"backbone={model}", "lora=true", "freeze_layers=0", "prompt_template={prompt}", "dim=32",
+                "epochs=2", "batch_size=20", "max_seq_len=32", "shard=fsdp"]
+    predictions, results = _run(TORCHRUN, synthetic_hub, settings, tmp_path / "carve", router="carve-10")
+    assert results["status"] == "complete" and results["router"]["statistics"]["sharded_parameters"] > 0
+    assert predictions["model_ids"].list.len().min() > 0
 
 
 def test_the_documented_multi_gpu_launch_config_is_one_accelerate_reads():
