@@ -60,13 +60,15 @@ def test_two_processes_train_as_one(synthetic_hub, tmp_path, plugins):
 
 def test_a_lora_decoder_with_its_base_weights_split_trains_as_one(synthetic_hub, tmp_path):
     """``shard=fsdp``: the LoRA decoder's frozen base weights are split between the two processes (FSDP) and
-    gathered layer by layer; the adapters, projection and registry train as without it. The run routes as one
-    process holding every weight, with replay and EWC (whose Fisher pass runs the network on every process), and
-    the results say how many weights each process split. In the one-example batch (see above) the process without
-    an example still runs the network, or the other would wait for it forever."""
+    gathered layer by layer (again when gradient checkpointing recomputes a layer, as llm-lora does); the
+    adapters, projection and registry train as without it. The run routes as one process holding every weight,
+    with replay and EWC (whose Fisher pass runs the network on every process), and the results say how many
+    weights each process split. In the one-example batch (see above) the process without an example still runs
+    the network, or the other would wait for it forever."""
     model = tiny_causal_lm(tmp_path / "model")
     settings = [f"backbone={model}", "lora=true", "lora_dropout=0", "freeze_layers=0", "prompt_template={prompt}",
-                "dim=32", "epochs=2", "batch_size=20", "max_seq_len=32", "lr_backbone=1e-3", "plugins=replay,ewc"]
+                "gradient_checkpointing=true", "dim=32", "epochs=2", "batch_size=20", "max_seq_len=32",
+                "lr_backbone=1e-3", "plugins=replay,ewc"]
     one, _ = _run([sys.executable], synthetic_hub, settings, tmp_path / "one")
     two, results = _run(TORCHRUN, synthetic_hub, settings + ["shard=fsdp"], tmp_path / "two")
     _same_routing(one, two)

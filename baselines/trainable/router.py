@@ -215,7 +215,9 @@ class TrainableRouter:
                                  self.cfg["projection_init"])
             self.base = self.net.snapshot()
             if self.cfg["shard"] == "fsdp":
-                self.net.backbone.shard_frozen({id(p) for p in self.net.tracked_parameters().values()})
+                if not self.net.backbone.shard_frozen({id(p) for p in self.net.tracked_parameters().values()}):
+                    log.warning("shard=fsdp splits nothing here: one process (launch with torchrun or accelerate "
+                                "launch) or no frozen weight in the backbone's layers (lora=true or freeze_layers>0)")
                 self.meta.statistics["sharded_parameters"] = self.net.backbone.sharded
         return self.net
 
