@@ -137,15 +137,21 @@ def leaderboard_tables(out: Path) -> str:
     return board[board.index("\n| # |") + 1:].strip()
 
 
-def write_readme(out: Path) -> None:
-    """Put the leaderboard's tables between README's markers, so that README quotes no number by hand."""
-    from cmrbench.fileio import atomic_write_text
-
+def readme_parts() -> tuple[str, str, str]:
+    """README.md as (what comes before its results tables, the tables between the markers, what follows)."""
     text = README.read_text(encoding="utf-8")
     if README_BEGIN not in text or README_END not in text:
         sys.exit(f"README.md lacks the lines {README_BEGIN!r} and {README_END!r} around its results tables")
     head, rest = text.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
+    quoted, tail = rest.split(README_END, 1)
+    return head, quoted.strip(), tail
+
+
+def write_readme(out: Path) -> None:
+    """Put the leaderboard's tables between README's markers, so that README quotes no number by hand."""
+    from cmrbench.fileio import atomic_write_text
+
+    head, _, tail = readme_parts()
     atomic_write_text(README, f"{head}{README_BEGIN}\n{leaderboard_tables(out)}\n{README_END}{tail}")
 
 
