@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def write_reproduction(name: str, out: Path) -> Path | None:
     tolerance = before.get("tolerance", TOLERANCE.get(router, 1.0))
     got = observed(results.summary)
     learn = sum(results.timings.learn_seconds)
-    day = time.strftime("%Y-%m-%d", time.gmtime(path.stat().st_mtime))
+    day = measured_day(results, before)
     fgt = got["domain_forgetting"]
     text = "\n".join([
         f"name: {name}",
@@ -129,6 +130,15 @@ def write_reproduction(name: str, out: Path) -> Path | None:
         ""])
     target.write_text(text, encoding="utf-8")
     return target
+
+
+def measured_day(results, before: dict) -> str:
+    """When the run was made: its own record, else what the reproduction file already says (a file's mtime is
+    the day it was cloned, not run)."""
+    if results.run is not None:
+        return results.run.finished_at[:10]
+    found = re.search(r"\d{4}-\d{2}-\d{2}", before.get("measured_on", ""))
+    return found.group(0) if found else time.strftime("%Y-%m-%d", time.gmtime())
 
 
 def leaderboard_tables(out: Path) -> str:
