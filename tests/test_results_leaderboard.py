@@ -128,3 +128,21 @@ def test_readme_shows_the_results_of_record_as_a_fresh_leaderboard_of_them(real_
     assert (tmp_path / "leaderboard.md").read_text() == (record.OUT / "leaderboard.md").read_text(), \
         "run: cmrbench leaderboard results/CMRBench-v1-paper, then python benchmarks/record.py --readme"
     assert record.readme_parts()[1] == record.leaderboard_tables(tmp_path), "run: python benchmarks/record.py --readme"
+
+
+def test_the_cost_table_is_read_from_the_results_of_record(tmp_path):
+    """benchmarks/out/costs.json (time, memory, prompts/s of every row, quoted in docs/results.md) is what
+    ``benchmarks/costs.py`` reads from the committed results now, and it judges the learning rows against their
+    budget (15 minutes, CARvE 20) and no retrieval or reference row."""
+    spec = importlib.util.spec_from_file_location("costs", REPO / "benchmarks" / "costs.py")
+    costs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(costs)
+    assert costs.main(["--out", str(tmp_path / "costs.json")]) == 0
+    fresh = json.loads((tmp_path / "costs.json").read_text())
+    assert fresh == json.loads(costs.OUT.read_text()), "run: python benchmarks/costs.py"
+    rows = fresh["rows"]
+    assert rows["naive"]["budget_s"] == 900 and rows["carve-10"]["budget_s"] == 1200
+    assert rows["bm25"]["budget_s"] is None and rows["oracle"]["budget_s"] is None
+    assert rows["naive"]["seeds"] == [0, 1, 2] and rows["naive"]["wall_s_fastest"] <= rows["naive"]["wall_s"]
+    spread = fresh["experience_1_same_work"]
+    assert spread["fastest_s"] <= spread["median_s"] <= spread["slowest_s"]
