@@ -34,8 +34,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from cmrbench.results import Results
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "CMRBench-v1-paper"
@@ -132,7 +136,7 @@ def write_reproduction(name: str, out: Path) -> Path | None:
     return target
 
 
-def measured_day(results, before: dict) -> str:
+def measured_day(results: Results, before: dict) -> str:
     """When the run was made: its own record, else what the reproduction file already says (a file's mtime is
     the day it was cloned, not run)."""
     if results.run is not None:

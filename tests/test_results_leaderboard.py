@@ -117,13 +117,19 @@ def test_slices_and_show(runs, synthetic_hub, capsys):
     assert "by source:" in out and "by gold model:" in out and "domain-oracle on CMRBench" in out
 
 
+def benchmark_script(name: str):
+    """A script of benchmarks/ (not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_readme_shows_the_results_of_record_as_a_fresh_leaderboard_of_them(real_build, tmp_path):
     """The committed results files re-score from their predictions on a fresh build to exactly the committed
     leaderboard.md, and README's tables are its tables (written by ``benchmarks/record.py --readme``): no number
     there is typed by hand or left behind by a newer run."""
-    spec = importlib.util.spec_from_file_location("record", REPO / "benchmarks" / "record.py")
-    record = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(record)
+    record = benchmark_script("record")
     assert main(["leaderboard", str(record.OUT), "--out", str(tmp_path), "--data", str(real_build)]) == 0
     assert (tmp_path / "leaderboard.md").read_text() == (record.OUT / "leaderboard.md").read_text(), \
         "run: cmrbench leaderboard results/CMRBench-v1-paper, then python benchmarks/record.py --readme"
@@ -134,9 +140,7 @@ def test_the_cost_table_is_read_from_the_results_of_record(tmp_path):
     """benchmarks/out/costs.json (time, memory, prompts/s of every row, quoted in docs/results.md) is what
     ``benchmarks/costs.py`` reads from the committed results now, and it judges the learning rows against their
     budget (15 minutes, CARvE 20) and no retrieval or reference row."""
-    spec = importlib.util.spec_from_file_location("costs", REPO / "benchmarks" / "costs.py")
-    costs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(costs)
+    costs = benchmark_script("costs")
     assert costs.main(["--out", str(tmp_path / "costs.json")]) == 0
     fresh = json.loads((tmp_path / "costs.json").read_text())
     assert fresh == json.loads(costs.OUT.read_text()), "run: python benchmarks/costs.py"
