@@ -8,6 +8,9 @@ strategy, rewritten when a strategy is run again): wall time, learn / route seco
 peak RSS, the M / F / D final average accuracy and D forgetting, the load average of the machine
 before and after (other processes on a 2-core machine slow a run down), and the router parameters.
 ``--flops`` also counts the training FLOPs of every experience (see :func:`count_learn_flops`).
+
+It is for trying a strategy or its settings against the budget; the costs of the rows of record are read
+from their own results files by ``benchmarks/costs.py``, so nothing of record is kept in ``trainable.json``.
 """
 
 from __future__ import annotations
