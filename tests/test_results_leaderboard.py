@@ -147,6 +147,7 @@ def test_the_cost_table_is_read_from_the_results_of_record(tmp_path):
     rows = fresh["rows"]
     assert rows["naive"]["budget_s"] == 900 and rows["carve-10"]["budget_s"] == 1200
     assert rows["bm25"]["budget_s"] is None and rows["oracle"]["budget_s"] is None
+    assert rows["ncm-mpnet"]["budget_s"] is None, "the larger encoder's cost is reported, not bounded"
     assert rows["naive"]["seeds"] == [0, 1, 2] and rows["naive"]["wall_s_fastest"] <= rows["naive"]["wall_s"]
     spread = fresh["experience_1_same_work"]
     assert spread["fastest_s"] <= spread["median_s"] <= spread["slowest_s"]
