@@ -33,5 +33,27 @@ def switched(on: bool) -> Iterator[None]:
             os.environ[ENV] = before
 
 
+@contextmanager
+def quiet_model_loading() -> Iterator[None]:
+    """Load a transformers / sentence-transformers model without the load report (e.g. the unused pooler of
+    sentence-transformers checkpoints) and, when progress is off, without the loading and download bars."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    bars = hf_logging.is_progress_bar_enabled()
+    if not enabled():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def bar(total: int | None = None, desc: str | None = None, unit: str = "it") -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), leave=False, dynamic_ncols=True)

