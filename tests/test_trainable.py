@@ -566,6 +566,23 @@ def test_experience_scoped_softmax_leaves_old_rows_out_of_new_prompts_softmax(hu
     assert torch.equal(router2.net.registry.weight[rows], old[rows])
 
 
+def test_detached_out_of_scope_rows_never_move_but_still_shape_the_prompt_side(hub, small):
+    bench = Benchmark(hub)
+    only_old = set(bench.train_stream[0].classes_seen_so_far) - set(bench.train_stream[1].classes_in_this_experience)
+    projections = {}
+    for outside in ("masked", "detached"):
+        router = NaiveRouter(seed=0, **{**small, "epochs": 1, "softmax_scope": "experience", "out_of_scope": outside})
+        router.learn(bench.train_stream[0])
+        old = router.net.registry.weight.detach().clone()
+        router.learn(bench.train_stream[1])
+        rows = [router.net.registry.index[m] for m in sorted(only_old)]
+        assert rows and torch.equal(router.net.registry.weight[rows], old[rows])
+        projections[outside] = router.net.projection.weight.detach().clone()
+    assert not torch.equal(projections["masked"], projections["detached"])   # old rows are negatives of new prompts
+    with pytest.raises(ValueError, match="candidates=all"):
+        NaiveRouter(seed=0, **{**small, "candidates": "sampled", "out_of_scope": "detached"}).learn(bench.train_stream[0])
+
+
 def test_memory_scope_scores_replayed_prompts_against_models_with_examples_only(hub, small):
     from cmrbench.baselines.trainable.training import AllModels, Batch
 

@@ -218,6 +218,11 @@ class TrainableRouter:
 
     def candidate_sampler(self, experience: Experience, examples: pl.DataFrame) -> CandidateSampler:
         """What each training example is scored against (``examples``: this experience's training set)."""
+        if self.cfg["out_of_scope"] not in ("masked", "detached"):
+            raise ValueError(f"out_of_scope must be 'masked' or 'detached', not {self.cfg['out_of_scope']!r}")
+        if self.cfg["out_of_scope"] == "detached" and self.cfg["candidates"] != "all":
+            raise ValueError(f"out_of_scope=detached applies to the full softmax (candidates=all), not to "
+                             f"candidates={self.cfg['candidates']}")
         for plugin in self.plugins:
             if (sampler := plugin.candidate_sampler(self, experience, examples)) is not None:
                 return sampler
@@ -229,7 +234,8 @@ class TrainableRouter:
                     rows.setdefault(d, []).append(registry.index[model_id])
             scope, old_scope = self.scoring_scopes(experience, examples)
             return AllModels(float(self.cfg["domain_smoothing"]), rows, scope=scope,
-                             current=experience.current_experience, old_scope=old_scope)
+                             current=experience.current_experience, old_scope=old_scope,
+                             detach_outside=self.cfg["out_of_scope"] == "detached")
         if self.cfg["candidates"] == "sampled":
             return RandomCandidates(self.cfg["num_candidates"], self.seed * 1000 + experience.current_experience)
         raise ValueError(f"candidates must be 'all' or 'sampled', not {self.cfg['candidates']!r}")

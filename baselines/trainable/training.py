@@ -108,9 +108,12 @@ class RouterNet(nn.Module):
         """z(q): (B, dim), unit norm."""
         return F.normalize(self.projection(self.backbone(prompts)), dim=-1)
 
-    def logits(self, z: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores over every registry row (``index`` None) or over each example's candidates (B, K)."""
+    def logits(self, z: torch.Tensor, index: torch.Tensor | None = None, detach_rows: bool = False) -> torch.Tensor:
+        """Scores over every registry row (``index`` None) or over each example's candidates (B, K); with
+        ``detach_rows`` no gradient reaches the rows."""
         e = self.registry.normalized()
+        if detach_rows:
+            e = e.detach()
         if index is None:
             return z @ e.T / self.tau
         return torch.einsum("bd,bkd->bk", z, e[index]) / self.tau
@@ -153,12 +156,15 @@ class CandidateSet:
     ``index`` (B, K) registry rows, or None for every registered row. ``target``: (B,) long class
     positions (into ``index``'s columns, or registry rows when ``index`` is None) or (B, K | N) float
     probability rows (soft targets). ``allowed`` (B, N) bool, with ``index`` None: the rows each example is
-    scored against (the others are masked out of its softmax); None for all.
+    scored against (the others are masked out of its softmax); None for all. ``detach_outside``: the rows
+    outside ``allowed`` stay in the softmax as negatives that the loss does not move (only the prompt's side
+    learns to score below them).
     """
 
     index: torch.Tensor | None
     target: torch.Tensor
     allowed: torch.Tensor | None = None
+    detach_outside: bool = False
 
 
 class CandidateSampler(Protocol):
@@ -177,6 +183,10 @@ class AllModels:
     instead of every model; ``softmax_scope=memory`` passes the models that have an example in this experience's
     training set, so a replayed prompt never pushes down an old model that has no replayed prompt of its own.
 
+    ``detach_outside``: the rows outside an example's scope are not masked out but scored as negatives with no
+    gradient to them (``out_of_scope=detached``): old rows are never pushed down, yet a new prompt learns not to
+    land on them.
+
     ``domain_smoothing`` = eps > 0 makes the target (1 - eps) on the gold model and eps spread evenly over the
     other models of the gold domain it is scored against (``domain_rows``: domain -> registry rows), one-hot
     when there is none: label smoothing that teaches which models are interchangeable at domain level.
@@ -184,8 +194,9 @@ class AllModels:
 
     def __init__(self, domain_smoothing: float = 0.0, domain_rows: dict[str, list[int]] | None = None,
                  scope: Sequence[int] | None = None, current: int | None = None,
-                 old_scope: Sequence[int] | None = None):
+                 old_scope: Sequence[int] | None = None, detach_outside: bool = False):
         self.eps = float(domain_smoothing)
+        self.detach_outside = bool(detach_outside)
         self.domain_rows = domain_rows or {}
         self.scope = None if scope is None else torch.as_tensor(list(scope), dtype=torch.long)
         self.old_scope = None if old_scope is None else torch.as_tensor(list(old_scope), dtype=torch.long)
@@ -205,7 +216,7 @@ class AllModels:
             allowed = torch.where(current[:, None], in_scope[None, :], in_old_scope[None, :])
             allowed = allowed.to(net.device)
         if self.eps <= 0:
-            return CandidateSet(None, batch.targets, allowed)
+            return CandidateSet(None, batch.targets, allowed, self.detach_outside)
         others = torch.zeros(len(batch.rows), len(net.registry), dtype=torch.bool)
         for i, domain in enumerate(batch.frame["domain"].to_list()):
             others[i, self.domain_rows.get(domain, [])] = True
@@ -217,7 +228,7 @@ class AllModels:
         count = others.sum(1, keepdim=True)
         target = others.float() * (self.eps / count.clamp(min=1))
         target.scatter_(1, gold[:, None], torch.where(count > 0, 1.0 - self.eps, 1.0).float())
-        return CandidateSet(None, target, allowed)
+        return CandidateSet(None, target, allowed, self.detach_outside)
 
 
 class RandomCandidates:
@@ -385,8 +396,11 @@ class Trainer:
             return terms
         z = net.embed(batch.prompts)
         cands = sampler(batch, net, step)
-        logits = mix_prior(net.logits(z, cands.index), self.prior, batch.prompts, cands.index, net.tau)
-        if cands.allowed is not None:   # a finite floor, so that soft targets' zeros times it stay 0
+        raw = net.logits(z, cands.index)
+        if cands.allowed is not None and cands.detach_outside:
+            raw = torch.where(cands.allowed, raw, net.logits(z, cands.index, detach_rows=True))
+        logits = mix_prior(raw, self.prior, batch.prompts, cands.index, net.tau)
+        if cands.allowed is not None and not cands.detach_outside:   # a finite floor: soft targets' zeros times it stay 0
             logits = logits.masked_fill(~cands.allowed, -1e9)
         loss = routing_loss(logits, cands.target, batch.weights)
         if whole_weight is not None:
