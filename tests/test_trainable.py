@@ -578,6 +578,8 @@ def test_detached_out_of_scope_rows_never_move_but_still_shape_the_prompt_side(h
         rows = [router.net.registry.index[m] for m in sorted(only_old)]
         assert rows and torch.equal(router.net.registry.weight[rows], old[rows])
         projections[outside] = router.net.projection.weight.detach().clone()
+        # recorded only away from the old behaviour, so seeds run before the setting existed still group with new ones
+        assert router.meta.parameters.get("out_of_scope") == (None if outside == "masked" else "detached")
     assert not torch.equal(projections["masked"], projections["detached"])   # old rows are negatives of new prompts
     with pytest.raises(ValueError, match="candidates=all"):
         NaiveRouter(seed=0, **{**small, "candidates": "sampled", "out_of_scope": "detached"}).learn(bench.train_stream[0])

@@ -92,6 +92,11 @@ def card_examples(experience: Experience, weight: float) -> pl.DataFrame:
     return examples_from(frame, experience.current_experience, weight=weight, card=True)
 
 
+# settings added after runs of record existed, recorded in a run's parameters only away from the value that
+# behaves as before: seeds run before and after one was added still share their settings (leaderboard)
+RECORDED_AWAY_FROM = {"shard": "none", "out_of_scope": "masked"}
+
+
 def backbone_label(name: str) -> str:
     """A readable backbone name for metadata (never a local path of the machine that ran it)."""
     spec = spec_of(name)
@@ -151,10 +156,9 @@ class TrainableRouter:
         self.search = IndexedSearch(self.cfg["index"], self.cfg["faiss_threshold"])
         if self.cfg["shard"] not in SHARDING:
             raise ValueError(f"shard must be one of {SHARDING}, not {self.cfg['shard']!r}")
-        params = {k: v for k, v in self.cfg.items() if k not in ("index", "faiss_threshold", "shard")}
+        params = {k: v for k, v in self.cfg.items() if k not in ("index", "faiss_threshold")
+                  and not (k in RECORDED_AWAY_FROM and v == RECORDED_AWAY_FROM[k])}
         params.update(self.search.parameters)            # only when not exact: earlier runs stay comparable
-        if self.cfg["shard"] != "none":
-            params["shard"] = self.cfg["shard"]
         if plugins != strategy_plugins(strategy):        # a composition of one's own is part of the settings
             params["plugins"] = plugins
         params["seed"] = self.seed
