@@ -106,6 +106,13 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
                                  "CARvE (0 / 48), no anchoring of rows and projection"),
     "carve-10/sets-ace+shuffled": ("carve-10", SETS_ACE + ["domains_per_batch=0"],
                                    "CARvE, plainly shuffled batches instead of 2 domains per batch"),
+    # after learning E2, naive and CARvE send a fifth of E2's prompts to models only E1 had (4-7 % for ncm): with
+    # ER-ACE those rows are never negatives of a new prompt. Kept in the softmax as negatives the loss does not move:
+    "naive/slow+detached": ("naive", SLOW + ["out_of_scope=detached"],
+                            "naive, ACE, slow; rows outside the experience stay in the softmax, detached"),
+    # an ensemble with the frozen prototypes: ncm's cosines mixed into the logits while training and routing
+    "carve-10/far48+prior": ("carve-10", FAR48 + ["prior_weight=0.5"],
+                             "CARvE (0 / 48), frozen MiniLM prototypes mixed into its logits (weight 0.5)"),
     # the authors' configuration (config=carve-authors) on this encoder, and what limits it there
     "carve-10/authors": ("carve-10", ["config=carve-authors"], "CARvE as the authors' code ran it"),
     "carve-10/authors+proto": ("carve-10", ["config=carve-authors", "init=prototype"],
