@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -46,12 +47,13 @@ def split_by_origin(bench: Benchmark, preds: pl.DataFrame, t: int) -> dict[str, 
             "domain_acc": round(100 * (sum(older) + sum(own)) / max(1, rows.height), 2)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the CMRBench v1 build the results were run on")
     parser.add_argument("--rows", nargs="+", default=ROWS)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
     bench = Benchmark(args.data)
     report: dict = {"seed": args.seed, "rows": {}}
     for row in args.rows:
@@ -65,9 +67,10 @@ def main() -> None:
         report["rows"][row] = per
         print(f"{row:17s} " + "  ".join(f"E{t}: {v['share_to_older_models']:5.1f}% to older (D {v['domain_acc_older']:4.1f})"
                                         for t, v in per.items()))
-    atomic_write_text(OUT, json.dumps(report, indent=1) + "\n")
-    print(f"written: {OUT.relative_to(REPO)}")
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+    print(f"written: {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

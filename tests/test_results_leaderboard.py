@@ -151,3 +151,14 @@ def test_the_cost_table_is_read_from_the_results_of_record(tmp_path):
     assert rows["naive"]["seeds"] == [0, 1, 2] and rows["naive"]["wall_s_fastest"] <= rows["naive"]["wall_s"]
     spread = fresh["experience_1_same_work"]
     assert spread["fastest_s"] <= spread["median_s"] <= spread["slowest_s"]
+
+
+def test_old_model_capture_is_read_from_the_results_of_record(real_build, tmp_path):
+    """benchmarks/out/old_model_capture.json (finding 5 of docs/results.md) is what the script reads from the
+    committed predictions now: the fine-tuned rows send experience 2's prompts to older models far more than ncm."""
+    capture = benchmark_script("old_model_capture")
+    assert capture.main(["--data", str(real_build), "--out", str(tmp_path / "capture.json")]) == 0
+    fresh = json.loads((tmp_path / "capture.json").read_text())
+    assert fresh == json.loads(capture.OUT.read_text()), "run: python benchmarks/old_model_capture.py --data DIR"
+    share = {row: per["2"]["share_to_older_models"] for row, per in fresh["rows"].items()}
+    assert min(share["naive"], share["carve-10"]) > 2 * max(share["ncm"], share["cumulative"])
