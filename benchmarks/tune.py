@@ -110,6 +110,9 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     # ER-ACE those rows are never negatives of a new prompt. Kept in the softmax as negatives the loss does not move:
     "naive/slow+detached": ("naive", SLOW + ["out_of_scope=detached"],
                             "naive, ACE, slow; rows outside the experience stay in the softmax, detached"),
+    "replay-20/memory+detached": ("replay-20", SLOW + ["softmax_scope=memory", "out_of_scope=detached"],
+                                  "replay 20 %, memory scope, rows outside it detached negatives (replayed "
+                                  "prompts hold the encoder)"),
     # an ensemble with the frozen prototypes: ncm's cosines mixed into the logits while training and routing
     "carve-10/far48+prior": ("carve-10", FAR48 + ["prior_weight=0.5"],
                              "CARvE (0 / 48), frozen MiniLM prototypes mixed into its logits (weight 0.5)"),
