@@ -18,10 +18,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from cmrbench.data import Benchmark
 from cmrbench.fileio import atomic_write_text
+from cmrbench.metrics import hits_at_k
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "CMRBench-v1-paper"
@@ -35,11 +37,10 @@ def split_by_origin(bench: Benchmark, preds: pl.DataFrame, t: int) -> dict[str, 
     current = set(bench.train_stream[t - 1].classes_in_this_experience)
     domains = bench.label_registry(t).domains
     rows = bench.test_set(t).join(preds.filter(pl.col("after_experience") == t), on="prompt_id")
-    groups: dict[bool, list[bool]] = {True: [], False: []}
-    for ids, dom in rows.select("model_ids", "domain").rows():
-        first = ids[0] if ids else None
-        groups[first is not None and first not in current].append(first is not None and dom in domains.get(first, ()))
-    older, own = groups[True], groups[False]
+    ranked = rows["model_ids"].to_list()
+    hits = hits_at_k(ranked, rows["domain"].to_list(), 1, domains)
+    to_older = np.array([bool(ids) and ids[0] not in current for ids in ranked], dtype=bool)
+    older, own = hits[to_older].tolist(), hits[~to_older].tolist()
     return {"prompts": rows.height, "to_older_models": len(older),
             "share_to_older_models": round(100 * len(older) / max(1, rows.height), 2),
             "domain_acc_older": round(100 * sum(older) / max(1, len(older)), 2),

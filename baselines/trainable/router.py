@@ -156,6 +156,11 @@ class TrainableRouter:
         self.search = IndexedSearch(self.cfg["index"], self.cfg["faiss_threshold"])
         if self.cfg["shard"] not in SHARDING:
             raise ValueError(f"shard must be one of {SHARDING}, not {self.cfg['shard']!r}")
+        if self.cfg["out_of_scope"] not in ("masked", "detached"):
+            raise ValueError(f"out_of_scope must be 'masked' or 'detached', not {self.cfg['out_of_scope']!r}")
+        if self.cfg["out_of_scope"] == "detached" and self.cfg["candidates"] != "all":
+            raise ValueError(f"out_of_scope=detached applies to the full softmax (candidates=all), not to "
+                             f"candidates={self.cfg['candidates']}")
         params = {k: v for k, v in self.cfg.items() if k not in ("index", "faiss_threshold")
                   and not (k in RECORDED_AWAY_FROM and v == RECORDED_AWAY_FROM[k])}
         params.update(self.search.parameters)            # only when not exact: earlier runs stay comparable
@@ -222,11 +227,6 @@ class TrainableRouter:
 
     def candidate_sampler(self, experience: Experience, examples: pl.DataFrame) -> CandidateSampler:
         """What each training example is scored against (``examples``: this experience's training set)."""
-        if self.cfg["out_of_scope"] not in ("masked", "detached"):
-            raise ValueError(f"out_of_scope must be 'masked' or 'detached', not {self.cfg['out_of_scope']!r}")
-        if self.cfg["out_of_scope"] == "detached" and self.cfg["candidates"] != "all":
-            raise ValueError(f"out_of_scope=detached applies to the full softmax (candidates=all), not to "
-                             f"candidates={self.cfg['candidates']}")
         for plugin in self.plugins:
             if (sampler := plugin.candidate_sampler(self, experience, examples)) is not None:
                 return sampler
