@@ -23,6 +23,7 @@ import polars as pl
 from cmrbench.baselines.strategies.replay import replay_10, replay_20
 from cmrbench.data import Benchmark
 from cmrbench.fileio import atomic_write_text
+from cmrbench.metrics import hits_at_k
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "CMRBench-v1-paper"
@@ -39,12 +40,9 @@ def buffered_models(bench: Benchmark, seed: int, fraction: int) -> set[str]:
 
 def top1(frame: pl.DataFrame, labels: dict[str, set[str]] | None) -> float:
     """Top-1 accuracy (%) at the model level (``labels`` None) or the domain level (domains known then)."""
-    rows = frame.select("model_ids", "model_id", "domain").rows()
-    if labels is None:
-        hits = [bool(ids) and ids[0] == gold for ids, gold, _ in rows]
-    else:
-        hits = [bool(ids) and dom in labels.get(ids[0], ()) for ids, _, dom in rows]
-    return 100 * sum(hits) / max(1, len(hits))
+    gold = frame["model_id" if labels is None else "domain"].to_list()
+    hits = hits_at_k(frame["model_ids"].to_list(), gold, 1, labels)
+    return 100 * int(hits.sum()) / max(1, len(hits))
 
 
 def main() -> None:
