@@ -7,8 +7,10 @@ trained) and rebuilds the replay buffers those runs held, which the seed fixes (
 its own seeded generator; no network is needed to know what it kept). Each earlier experience's test prompts
 are split by whether their gold model had a prompt in the replay buffer by the end of the stream (replay-10's
 own for ``replay-10``, replay-20's for every other row), and each row's top-1 accuracy on that split is
-compared when the experience was learnt (A[j][j]) and at the end (A[T][j]). Rows without a buffer (``naive``,
-``ewc``) see the same split as replay-20, as controls. Writes
+compared when the experience was learnt (A[j][j]) and at the end (A[T][j]). ``replay-20-ace`` is the first
+replay setting (replayed prompts scored against every model seen so far), the current replay rows score them
+against the models with an example (``softmax_scope=memory``). Rows without a buffer (``naive``, ``ewc``) see the
+same split as replay-20, as controls. Writes
 ``benchmarks/out/replay_forgetting.json``.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -45,12 +48,13 @@ def top1(frame: pl.DataFrame, labels: dict[str, set[str]] | None) -> float:
     return 100 * int(hits.sum()) / max(1, len(hits))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the CMRBench v1 build the results were run on")
-    parser.add_argument("--rows", nargs="+", default=["naive", "replay-10", "replay-20", "ewc", "carve-20"])
+    parser.add_argument("--rows", nargs="+", default=["naive", "replay-10", "replay-20", "replay-20-ace", "ewc", "carve-20"])
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
     bench = Benchmark(args.data)
     T = bench.n_experiences
     kept = {f: buffered_models(bench, args.seed, f) for f in (10, 20)}
@@ -61,7 +65,7 @@ def main() -> None:
         f"replay-{f}": {str(j): {"buffered": int(g["buffered"].sum()), "not_buffered": int((~g["buffered"]).sum())}
                         for j, g in split.items()} for f, split in splits.items()}, "rows": {}}
     for row in args.rows:
-        gold = splits[10 if row == "replay-10" else 20]
+        gold = splits[10 if row.startswith("replay-10") else 20]
         path = RESULTS / f"{row}__CMRBench-v1-paper__seed{args.seed}.predictions.parquet"
         if not path.is_file():
             print(f"{row}: no predictions of record, skipped")
@@ -82,10 +86,11 @@ def main() -> None:
                 forgetting = sum((d["learnt"] - d["end"]) * d["n"] for d in drops) / max(1, n)
                 out[f"{level}/{group}"] = {"forgetting": round(forgetting, 2), "per_experience": drops}
         report["rows"][row] = out
-        print(f"{row:10s} " + "  ".join(f"{k} {v['forgetting']:+6.2f}" for k, v in out.items()))
-    atomic_write_text(OUT, json.dumps(report, indent=1) + "\n")
-    print(f"written: {OUT.relative_to(REPO)}")
+        print(f"{row:13s} " + "  ".join(f"{k} {v['forgetting']:+6.2f}" for k, v in out.items()))
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+    print(f"written: {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

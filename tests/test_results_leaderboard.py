@@ -162,3 +162,17 @@ def test_old_model_capture_is_read_from_the_results_of_record(real_build, tmp_pa
     assert fresh == json.loads(capture.OUT.read_text()), "run: python benchmarks/old_model_capture.py --data DIR"
     share = {row: per["2"]["share_to_older_models"] for row, per in fresh["rows"].items()}
     assert min(share["naive"], share["carve-10"]) > 2 * max(share["ncm"], share["cumulative"])
+
+
+def test_replay_forgetting_is_read_from_the_results_of_record(real_build, tmp_path):
+    """benchmarks/out/replay_forgetting.json (finding 3 of docs/results.md) is what the script reads from the
+    committed predictions now: replayed prompts scored against every model forget the unreplayed old models
+    (replay-20-ace), scored against the models with an example they no longer do (replay-20)."""
+    forgetting = benchmark_script("replay_forgetting")
+    assert forgetting.main(["--data", str(real_build), "--out", str(tmp_path / "forgetting.json")]) == 0
+    fresh = json.loads((tmp_path / "forgetting.json").read_text())
+    assert fresh == json.loads(forgetting.OUT.read_text()), "run: python benchmarks/replay_forgetting.py --data DIR"
+    drop = {row: {group: per[f"domain/{group}"]["forgetting"] for group in ("buffered", "not_buffered")}
+            for row, per in fresh["rows"].items()}
+    assert drop["replay-20-ace"]["not_buffered"] > 3 * max(drop["replay-20-ace"]["buffered"], drop["naive"]["not_buffered"])
+    assert drop["replay-20"]["not_buffered"] < drop["naive"]["not_buffered"]
