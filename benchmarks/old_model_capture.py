@@ -28,7 +28,8 @@ from cmrbench.metrics import hits_at_k
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "CMRBench-v1-paper"
 OUT = Path(__file__).resolve().parent / "out" / "old_model_capture.json"
-ROWS = ["ncm", "naive", "replay-10", "carve-10", "cumulative", "ncm-mpnet", "carve-10-mpnet", "cumulative-mpnet"]
+ROWS = ["ncm", "naive", "replay-10", "carve-10", "naive-prior", "replay-10-prior", "carve-10-prior", "cumulative",
+        "ncm-mpnet", "carve-10-mpnet", "cumulative-mpnet"]
 
 
 def split_by_origin(bench: Benchmark, preds: pl.DataFrame, t: int) -> dict[str, float | int]:
