@@ -86,7 +86,7 @@ ROWS: dict[str, tuple[str, list[str], tuple[int, ...]]] = {
     # the frozen prototype prior the validation split prefers (docs/results.md, finding 5), on the strategies of
     # the paper's question and the targets; the other trained rows keep prior_weight=0 until run again
     **{f"{row}-prior": (row, ["prior_weight=0.5"], SEEDS3) for row in ("naive", "replay-10", "replay-20", "ewc",
-                                                                         "carve-10", "joint")},
+                                                                         "lwf", "carve-10", "carve-20", "joint")},
     # trained rows on the paper's encoder: MiniLM's settings, the top layer of twelve trained, dim = mpnet's width;
     # cumulative is the dearest (35 minutes of a 2-core machine a seed)
     "carve-10-mpnet": ("carve-10", MPNET, SEEDS3),
