@@ -83,10 +83,10 @@ ROWS: dict[str, tuple[str, list[str], tuple[int, ...]]] = {
     # the first replay setting, kept for finding 3 (benchmarks/replay_forgetting.py): replayed prompts scored
     # against every model seen so far (ER-ACE's rule for old examples) instead of those with an example
     "replay-20-ace": ("replay-20", ["softmax_scope=experience"], (0,)),
-    # the frozen prototype prior the validation split prefers (docs/results.md, finding 5), on the strategies of
-    # the paper's question and the targets; the other trained rows keep prior_weight=0 until run again
-    **{f"{row}-prior": (row, ["prior_weight=0.5"], SEEDS3) for row in ("naive", "replay-10", "replay-20", "ewc",
-                                                                         "lwf", "carve-10", "carve-20", "joint")},
+    # the frozen prototype prior the validation split prefers (docs/results.md, finding 5); merge-avg, merge-dare
+    # and cumulative keep prior_weight=0 until run again
+    **{f"{row}-prior": (row, ["prior_weight=0.5"], SEEDS3)
+       for row in ("naive", "replay-10", "replay-20", "ewc", "lwf", "merge-ties", "carve-10", "carve-20", "joint")},
     # trained rows on the paper's encoder: MiniLM's settings, the top layer of twelve trained, dim = mpnet's width;
     # cumulative is the dearest (35 minutes of a 2-core machine a seed)
     "carve-10-mpnet": ("carve-10", MPNET, SEEDS3),
