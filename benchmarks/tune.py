@@ -120,6 +120,16 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "carve-10/authors": ("carve-10", ["config=carve-authors"], "CARvE as the authors' code ran it"),
     "carve-10/authors+proto": ("carve-10", ["config=carve-authors", "init=prototype"],
                                "the authors' configuration, new registry rows starting as prototypes, not Xavier noise"),
+    # joint training, the upper bound, ended below cumulative training with 4 passes (docs/results.md, finding 6);
+    # cumulative has passed over experience 1's prompts 16 times by the end: do more passes help, and the continual rows?
+    **{f"joint/slow+epochs={e}": ("joint", SLOW + ["softmax_scope=all", f"joint_epochs={e}"],
+                                  f"joint on the shared settings, {e} passes over the union at the last experience")
+       for e in (4, 8)},
+    "naive/slow+epochs=8": ("naive", SLOW + ["epochs=8"], "naive, ACE, slow, 8 passes over each experience"),
+    "naive/slow+prior+epochs=8": ("naive", SLOW + ["prior_weight=0.5", "epochs=8"],
+                                  "naive, ACE, slow, ncm prior 0.5, 8 passes over each experience"),
+    "carve-10/far48+prior+epochs=8": ("carve-10", FAR48 + ["prior_weight=0.5", "epochs=8"],
+                                      "CARvE (0 / 48), ncm prior 0.5, 8 passes over each experience"),
     "naive/full": ("naive", SLOW + ["tau=0.05", "freeze_layers=0", "epochs=3"],
                    "all six layers trained (lr 2e-5), tau 0.05, 3 epochs"),
 }
