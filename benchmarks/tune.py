@@ -116,6 +116,15 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     # an ensemble with the frozen prototypes: ncm's cosines mixed into the logits while training and routing
     "carve-10/far48+prior": ("carve-10", FAR48 + ["prior_weight=0.5"],
                              "CARvE (0 / 48), frozen MiniLM prototypes mixed into its logits (weight 0.5)"),
+    # with softmax_scope=experience a replayed prompt's candidates are drawn from every registered model, so its 48 far
+    # negatives push down old models that have no replayed prompt: the push finding 3 removed from random replay
+    "carve-10/far48+memory": ("carve-10", FAR48 + ["softmax_scope=memory"],
+                              "CARvE (0 / 48), replayed prompts' candidates from the models with an example"),
+    "carve-10/far48+prior+memory": ("carve-10", FAR48 + ["prior_weight=0.5", "softmax_scope=memory"],
+                                    "CARvE (0 / 48), prior 0.5, replayed prompts' candidates from the models with "
+                                    "an example (replay's scope)"),
+    "replay-10/slow+memory+prior": ("replay-10", SLOW + ["softmax_scope=memory", "prior_weight=0.5"],
+                                    "replay 10 %, memory scope, ncm prior 0.5 (CARvE's comparison on validation)"),
     # the authors' configuration (config=carve-authors) on this encoder, and what limits it there
     "carve-10/authors": ("carve-10", ["config=carve-authors"], "CARvE as the authors' code ran it"),
     "carve-10/authors+proto": ("carve-10", ["config=carve-authors", "init=prototype"],
