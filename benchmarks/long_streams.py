@@ -34,10 +34,11 @@ from cmrbench.fileio import atomic_write_text  # noqa: E402
 from cmrbench.results import LEVELS, load_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "long_streams.json"
-# row -> (registered router, router arguments): the prototype routers and the strategies whose cost differs in kind
+# row -> (registered router, router arguments): the prototype routers and the strategies whose cost differs in kind;
+# carve-10 as it was run here, before its replayed prompts' candidates came from the models with an example
 ROWS: dict[str, tuple[str, list[str]]] = {
     "ncm": ("ncm", []), "ranpac": ("ranpac", []), "naive": ("naive", []), "replay-10": ("replay-10", []),
-    "cumulative": ("cumulative", []), "carve-10": ("carve-10", []),
+    "cumulative": ("cumulative", []), "carve-10": ("carve-10", ["softmax_scope=experience"]),
 }
 
 
