@@ -29,9 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results" / "CMRBench-v1-paper"
 OUT = REPO / "benchmarks" / "out" / "costs.json"
 BUDGET_S = {"carve": 20 * 60, "default": 15 * 60}
-# rows whose experience 1 is the same work: fine-tuning from the prototypes on experience 1's prompts
+# rows whose experience 1 is the same work: fine-tuning MiniLM's top layer from the prototypes on experience 1's
+# prompts (the runs of them with more layers trained, docs/results.md finding 7, do other work)
 SAME_FIRST_EXPERIENCE = ("naive", "replay-10", "replay-20", "lwf", "merge-avg", "merge-ties", "merge-dare",
                          "cumulative", "joint")
+SAME_FROZEN_LAYERS = 5
 
 
 def budget(row: str, results: Results) -> int | None:
@@ -75,7 +77,7 @@ def measure(folder: Path) -> dict:
             continue
         row, seed = results.router.name, results.seed
         by_row.setdefault(row, []).append(results)
-        if row in SAME_FIRST_EXPERIENCE:
+        if row in SAME_FIRST_EXPERIENCE and results.router.parameters.get("freeze_layers") == SAME_FROZEN_LAYERS:
             first[f"{row} seed {seed}"] = results.timings.learn_seconds[0]
     if not by_row:
         raise SystemExit(f"{folder}: no complete results file; run benchmarks/record.py first")
